@@ -1,0 +1,34 @@
+"""The ``lmscope`` command: thin wrappers over library functions, one module per group.
+
+User errors (`LmscopeError`) print as one clear line and exit with status 2; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lmscope.cli.common import console
+from lmscope.errors import LmscopeError
+
+app = typer.Typer(
+    name="lmscope",
+    help="Build, train, run and look inside transformer language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each module registers its commands on `app`.
+from lmscope.cli import demo, info  # noqa: E402, F401
+
+
+def main() -> None:
+    """Entry point of the ``lmscope`` console script."""
+    try:
+        app()
+    except LmscopeError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,190 @@
+"""Hook points: named places in the forward pass where activations can be read or changed.
+
+Every activation of an lmscope model passes through a `HookPoint`, an identity module
+whose name is its module path (``blocks.3.attn.hook_pattern``), following
+TransformerLens so that code and papers carry over. A hook is a function
+``fn(activation, hook) -> activation | None``: returning a tensor replaces the
+activation, returning ``None`` leaves it as it was.
+
+With nothing attached a hook point is a single list check, so models pay next to
+nothing for having them. Modules ask ``hook_point.active`` to decide whether to compute
+optional activations at all (attention scores, per-head results).
+
+Temporary hooks come through `HookedModule.hooks(...)`, a context manager that removes
+exactly the hooks it added, also when the body raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from lmscope.errors import LmscopeError, did_you_mean
+
+HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
+#: A hook point's name, or a predicate over names (``lambda name: name.endswith("hook_z")``).
+HookTarget = str | Callable[[str], bool]
+Direction = Literal["fwd", "bwd"]
+
+
+class HookError(LmscopeError, KeyError):
+    """A hook name that does not exist, or a hook used the wrong way."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class HookHandle:
+    """Removes one hook from its hook point; usable as a context manager."""
+
+    def __init__(self, point: HookPoint, fn: HookFn, direction: Direction) -> None:
+        self.point = point
+        self.fn = fn
+        self.direction = direction
+
+    def remove(self) -> None:
+        """Detach the hook (a no-op when it is already gone)."""
+        hooks = self.point._fwd if self.direction == "fwd" else self.point._bwd
+        for i, existing in enumerate(hooks):
+            if existing is self.fn:
+                del hooks[i]
+                return
+
+    def __enter__(self) -> HookHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class HookPoint(nn.Module):
+    """Identity on an activation; attached hooks may read or replace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name: str = ""
+        self._fwd: list[HookFn] = []
+        self._bwd: list[HookFn] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether any hook is attached (modules skip optional work when not)."""
+        return bool(self._fwd) or bool(self._bwd)
+
+    def add_hook(self, fn: HookFn, direction: Direction = "fwd") -> HookHandle:
+        """Attach `fn`; `direction='bwd'` hooks receive the gradient of the activation."""
+        if direction not in ("fwd", "bwd"):
+            raise HookError(f"hook direction {direction!r} is invalid: use 'fwd' or 'bwd'.")
+        (self._fwd if direction == "fwd" else self._bwd).append(fn)
+        return HookHandle(self, fn, direction)
+
+    def remove_hooks(self) -> None:
+        """Detach every hook of this point."""
+        self._fwd.clear()
+        self._bwd.clear()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the forward hooks in order, then arrange the backward ones."""
+        for fn in tuple(self._fwd):
+            out = fn(x, self)
+            if out is not None:
+                x = out
+        if self._bwd and x.requires_grad:
+            x.register_hook(self._run_backward)
+        return x
+
+    # Bypass nn.Module.__call__ (global hooks, tracing checks): this runs on every
+    # activation of every forward, and with no hooks attached it must cost ~nothing.
+    def __call__(self, x: Tensor) -> Tensor:
+        if not self._fwd and not self._bwd:
+            return x
+        return self.forward(x)
+
+    def _run_backward(self, grad: Tensor) -> Tensor:
+        for fn in tuple(self._bwd):
+            out = fn(grad, self)
+            if out is not None:
+                grad = out
+        return grad
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class HookedModule(nn.Module):
+    """Base of lmscope models: finds hook points by name and manages hooks on them."""
+
+    def setup_hooks(self) -> None:
+        """Name every hook point after its module path. Call at the end of ``__init__``."""
+        points: dict[str, HookPoint] = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                points[name] = module
+        self._hook_points = points
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Every hook point, by name, in forward order."""
+        return self._hook_points
+
+    def hook_names(self) -> list[str]:
+        """Names of every hook point, in forward order."""
+        return list(self._hook_points)
+
+    def resolve_hooks(self, target: HookTarget) -> list[HookPoint]:
+        """The hook points that `target` (a name or a predicate on names) selects."""
+        if callable(target):
+            return [p for name, p in self._hook_points.items() if target(name)]
+        if target not in self._hook_points:
+            raise HookError(
+                f"no hook point named {target!r}; see model.hook_names() for the "
+                f"{len(self._hook_points)} names. {did_you_mean(target, self._hook_points)}"
+            )
+        return [self._hook_points[target]]
+
+    def add_hook(
+        self, target: HookTarget, fn: HookFn, direction: Direction = "fwd"
+    ) -> list[HookHandle]:
+        """Attach `fn` to every hook point `target` selects; returns their handles."""
+        return [p.add_hook(fn, direction) for p in self.resolve_hooks(target)]
+
+    def reset_hooks(self) -> None:
+        """Detach every hook from every hook point."""
+        for point in self._hook_points.values():
+            point.remove_hooks()
+
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Sequence[tuple[HookTarget, HookFn]] = (),
+        bwd_hooks: Sequence[tuple[HookTarget, HookFn]] = (),
+    ) -> Iterator[HookedModule]:
+        """Attach hooks for the duration of a ``with`` block; always removes exactly them."""
+        handles: list[HookHandle] = []
+        try:
+            for target, fn in fwd_hooks:
+                handles += self.add_hook(target, fn, "fwd")
+            for target, fn in bwd_hooks:
+                handles += self.add_hook(target, fn, "bwd")
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def run_with_hooks(
+        self,
+        *args: Any,
+        fwd_hooks: Sequence[tuple[HookTarget, HookFn]] = (),
+        bwd_hooks: Sequence[tuple[HookTarget, HookFn]] = (),
+        **kwargs: Any,
+    ) -> Any:
+        """Call the model with temporary hooks (removed on return, also on exceptions).
+
+        Backward hooks fire when the caller runs ``.backward()`` on the result inside
+        this call's lifetime only; use `hooks(...)` to keep them across a backward pass.
+        """
+        with self.hooks(fwd_hooks, bwd_hooks):
+            return self(*args, **kwargs)

@@ -1,0 +1,71 @@
+"""LayerNorm and RMSNorm with hook points on the scale and the normalised output.
+
+``hook_scale`` is the per-position divisor ``sqrt(var + eps)`` (``[batch, pos, 1]``):
+analyses that linearise the residual stream (direct logit attribution,
+``apply_ln_to_stack``) need it. Computing it costs extra passes over the activation,
+so LayerNorm takes PyTorch's fused kernel unless something hooks the scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from lmscope.config import ModelConfig
+from lmscope.hooks import HookPoint
+
+
+class LayerNorm(nn.Module):
+    """``(x - mean) / sqrt(var + eps) * w + b`` over the last dim (Ba et al., 2016)."""
+
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
+        if not self.hook_scale.active:
+            out = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+            return self.hook_normalized(out)
+        x = x - x.mean(-1, keepdim=True)
+        # Population variance (divide by N), as every LayerNorm implementation does.
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        out = x / scale * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        return self.hook_normalized(out)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * w``: LayerNorm without centring (Zhang & Sennrich, 2019).
+
+    Computed in float32 and cast back before the weight, as Llama does, so that bf16
+    models match the reference.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d]
+
+    def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
+        x32 = x.float()
+        scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized((x32 / scale).to(x.dtype) * self.weight)
+
+
+def make_norm(cfg: ModelConfig, d: int | None = None) -> nn.Module:
+    """The norm `cfg` asks for, over width `d` (default d_model); identity for 'none'."""
+    width = d or cfg.d_model
+    if cfg.norm == "layernorm":
+        return LayerNorm(width, cfg.norm_eps, bias=cfg.norm_bias)
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(width, cfg.norm_eps)
+    return nn.Identity()

@@ -1,0 +1,95 @@
+"""Safe, atomic reading and writing of tensors and configs.
+
+Files are written to a temporary name in the same directory, flushed to disk, then
+renamed over the target, so a crash leaves either the old file or the new one, never a
+torn one. Tensors are only ever read with safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from lmscope.errors import CheckpointError, did_you_mean
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then move the result over `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_safetensors(
+    tensors: Mapping[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors to a safetensors file, atomically."""
+    plain = {name: t.detach().contiguous() for name, t in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read every tensor of a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}.")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
+
+
+def check_state_dict(module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    """Raise a `CheckpointError` naming every missing, extra or mis-shaped tensor."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    problems = []
+    for name, shape in expected.items():
+        if name not in tensors:
+            problems.append(f"missing tensor {name!r} (expected shape {list(shape)})")
+        elif tuple(tensors[name].shape) != shape:
+            found = list(tensors[name].shape)
+            problems.append(f"tensor {name!r} has shape {found}, expected {list(shape)}")
+    for name in tensors:
+        if name not in expected:
+            hint = did_you_mean(name, expected)
+            problems.append(f"unexpected tensor {name!r}" + (f" ({hint})" if hint else ""))
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise CheckpointError(f"weights do not match the model: {shown}{more}.")
