@@ -66,7 +66,7 @@ class BaseTransformer(HookedModule):
     def _embed(
         self,
         tokens: Int[Tensor, "batch pos"],
-        positions: Int[Tensor, "batch pos"],
+        positions: Int[Tensor, "#batch pos"],
         token_type_ids: Int[Tensor, "batch pos"] | None,
         hook_embed: HookPoint,
         hook_pos_embed: HookPoint | None,

@@ -35,7 +35,7 @@ class KVCache:
         self._has_padding = False
 
     def reserve(
-        self, positions: Int[Tensor, "batch pos"], valid: Bool[Tensor, "batch pos"] | None
+        self, positions: Int[Tensor, "#batch pos"], valid: Bool[Tensor, "batch pos"] | None
     ) -> int:
         """Claim slots for ``positions.shape[-1]`` new tokens; returns the first slot."""
         n_new = positions.shape[-1]

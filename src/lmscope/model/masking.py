@@ -21,15 +21,15 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 #: Mask of an attention call: bool (True = may attend) or additive float.
-Mask = Bool[Tensor, "batch head q k"] | Float[Tensor, "batch head q k"]
+Mask = Bool[Tensor, "#batch #head q k"] | Float[Tensor, "#batch #head q k"]
 
 
 @dataclass
 class AttentionContext:
     """Per-forward inputs shared by every attention layer of one stack."""
 
-    q_pos: Int[Tensor, "batch q"]
-    k_pos: Int[Tensor, "batch k"]
+    q_pos: Int[Tensor, "#batch q"]
+    k_pos: Int[Tensor, "#batch k"]
     #: None with `is_causal` for the plain causal case (SDPA's fastest path), None
     #: without it when every query sees every key.
     mask: Mask | None
@@ -37,7 +37,7 @@ class AttentionContext:
     #: RoPE's cos and sin for the current positions, when the model uses RoPE.
     rope: tuple[Tensor, Tensor] | None = None
     #: Shaw relative-position table index of each (query, key) pair.
-    rel_index: Int[Tensor, "batch q k"] | None = None
+    rel_index: Int[Tensor, "#batch q k"] | None = None
     #: Slot of the first new key in the KV cache (0 without a cache).
     cache_start: int = 0
 
@@ -54,7 +54,7 @@ def default_positions(
     valid: Bool[Tensor, "batch pos"] | None,
     past_valid_count: Int[Tensor, " batch"] | int,
     device: torch.device,
-) -> Int[Tensor, "batch pos"]:
+) -> Int[Tensor, "#batch pos"]:
     """Position ids of new tokens: count of real tokens before each one.
 
     Without padding this is ``past + arange(n)`` (one row, broadcast over the batch);
@@ -73,8 +73,8 @@ def default_positions(
 
 def build_context(
     *,
-    q_pos: Int[Tensor, "batch q"],
-    k_pos: Int[Tensor, "batch k"],
+    q_pos: Int[Tensor, "#batch q"],
+    k_pos: Int[Tensor, "#batch k"],
     k_valid: Bool[Tensor, "batch k"] | None,
     causal: bool,
     window: int | None = None,
@@ -133,7 +133,7 @@ def build_context(
 
 
 def build_cross_context(
-    q_pos: Int[Tensor, "batch q"],
+    q_pos: Int[Tensor, "#batch q"],
     k_valid: Bool[Tensor, "batch k"] | None,
     n_k: int,
 ) -> AttentionContext:

@@ -76,7 +76,7 @@ class Transformer(BaseTransformer):
         tokens: Int[Tensor, "batch pos"],
         *,
         attention_mask: Int[Tensor, "batch pos"] | None = None,
-        position_ids: Int[Tensor, "batch pos"] | None = None,
+        position_ids: Int[Tensor, "#batch pos"] | None = None,
         token_type_ids: Int[Tensor, "batch pos"] | None = None,
         kv_cache: KVCache | None = None,
     ) -> Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch pos d_model"]:

@@ -27,7 +27,7 @@ class SinusoidalPositionEmbedding(nn.Module):
         self.interleaved = interleaved
         self.base = base
 
-    def forward(self, positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, positions: Int[Tensor, "#batch pos"]) -> Float[Tensor, "#batch pos d_model"]:
         d = self.d_model
         n_freq = (d + 1) // 2
         # Frequencies 1 / base^(2i/d), in float64 so that large positions keep their digits.
@@ -54,7 +54,7 @@ class LearnedPositionEmbedding(nn.Module):
         """TransformerLens name for the position embedding matrix."""
         return self.weight
 
-    def forward(self, positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, positions: Int[Tensor, "#batch pos"]) -> Float[Tensor, "#batch pos d_model"]:
         n = self.weight.shape[0]
         if positions.numel() and int(positions.max()) >= n:
             raise LmscopeError(

@@ -51,8 +51,8 @@ class ALiBi(nn.Module):
         self.slopes = alibi_slopes(self.n_heads).to(self.slopes.device)
 
     def forward(
-        self, q_pos: Int[Tensor, "batch q"], k_pos: Int[Tensor, "batch k"]
-    ) -> Float[Tensor, "batch head q k"]:
+        self, q_pos: Int[Tensor, "#batch q"], k_pos: Int[Tensor, "#batch k"]
+    ) -> Float[Tensor, "#batch head q k"]:
         distance = (q_pos[:, None, :, None] - k_pos[:, None, None, :]).abs().float()
         return -self.slopes[None, :, None, None] * distance
 
@@ -96,8 +96,8 @@ class T5RelativeBias(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_buckets, n_heads))
 
     def forward(
-        self, q_pos: Int[Tensor, "batch q"], k_pos: Int[Tensor, "batch k"]
-    ) -> Float[Tensor, "batch head q k"]:
+        self, q_pos: Int[Tensor, "#batch q"], k_pos: Int[Tensor, "#batch k"]
+    ) -> Float[Tensor, "#batch head q k"]:
         relative = k_pos[:, None, :] - q_pos[:, :, None]  # [batch, q, k]
         buckets = t5_relative_bucket(
             relative, self.bidirectional, self.num_buckets, self.max_distance

@@ -26,13 +26,13 @@ class RelativePositionEmbedding(nn.Module):
         self.key = nn.Parameter(torch.zeros(2 * max_distance + 1, d_head))
         self.value = nn.Parameter(torch.zeros(2 * max_distance + 1, d_head))
 
-    def index(self, q_pos: Int[Tensor, "batch q"], k_pos: Int[Tensor, "batch k"]) -> Tensor:
+    def index(self, q_pos: Int[Tensor, "#batch q"], k_pos: Int[Tensor, "#batch k"]) -> Tensor:
         """Table row of each (query, key) pair: ``[batch, q, k]``."""
         k = self.max_distance
         return (k_pos[:, None, :] - q_pos[:, :, None]).clamp(-k, k) + k
 
     def score_term(
-        self, q: Float[Tensor, "batch head q d_head"], index: Int[Tensor, "batch q k"]
+        self, q: Float[Tensor, "batch head q d_head"], index: Int[Tensor, "#batch q k"]
     ) -> Float[Tensor, "batch head q k"]:
         """``q_i . a^K_ij`` for every pair (added to ``q . k`` before scaling)."""
         table = self.key[index]  # [batch, q, k, d_head]
@@ -41,7 +41,7 @@ class RelativePositionEmbedding(nn.Module):
         return out.transpose(1, 2)
 
     def value_term(
-        self, pattern: Float[Tensor, "batch head q k"], index: Int[Tensor, "batch q k"]
+        self, pattern: Float[Tensor, "batch head q k"], index: Int[Tensor, "#batch q k"]
     ) -> Float[Tensor, "batch head q d_head"]:
         """``sum_j p_ij a^V_ij`` for every query (added to ``pattern @ v``)."""
         table = self.value[index]  # [batch, q, k, d_head]

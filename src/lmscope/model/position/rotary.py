@@ -103,8 +103,8 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = inv_freq.to(self.inv_freq.device)
 
     def forward(
-        self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype
-    ) -> tuple[Float[Tensor, "batch pos 1 rotary_dim"], Float[Tensor, "batch pos 1 rotary_dim"]]:
+        self, positions: Int[Tensor, "#batch pos"], dtype: torch.dtype
+    ) -> tuple[Float[Tensor, "#batch pos 1 rotary_dim"], Float[Tensor, "#batch pos 1 rotary_dim"]]:
         """cos and sin of every rotation angle, laid out like the dims they rotate."""
         # Angles in float32 whatever the model dtype: bf16 cannot hold position * freq.
         angles = positions.float()[..., None] * self.inv_freq.float()  # [batch, pos, half]
@@ -119,8 +119,8 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(
     x: Float[Tensor, "batch pos head d_head"],
-    cos: Float[Tensor, "batch pos 1 rotary_dim"],
-    sin: Float[Tensor, "batch pos 1 rotary_dim"],
+    cos: Float[Tensor, "#batch pos 1 rotary_dim"],
+    sin: Float[Tensor, "#batch pos 1 rotary_dim"],
     layout: str,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Rotate the first ``rotary_dim`` dims of each head of `x` by the given angles."""
