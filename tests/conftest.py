@@ -29,11 +29,10 @@ def small(preset: str = "llama-tiny", **overrides: object) -> ModelConfig:
         shrink["n_kv_heads"] = 2
     if base.sliding_window is not None:
         shrink["sliding_window"] = 5
-    if base.d_head is not None and base.d_head * base.n_heads != base.d_model:
-        shrink["d_head"] = 8
-    for field in ("d_mlp",):
+    # Fields a preset sets explicitly are shrunk too; derived ones follow d_model.
+    for field, value in (("d_head", 8), ("d_mlp", 48)):
         if field not in base._derived:  # type: ignore[attr-defined]
-            shrink[field] = 48
+            shrink[field] = value
     return base.replace(**{**shrink, **overrides})
 
 
