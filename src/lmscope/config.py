@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lmscope.config_validation import check_types, field_types, require, type_name, validate
 from lmscope.errors import ConfigError, did_you_mean
 
 Architecture = Literal["decoder", "encoder", "encoder-decoder"]
@@ -45,6 +45,9 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# no_type_check: the config checks its own field types (with better messages); this keeps
+# the test suite's runtime type checker from pre-empting them.
+@typing.no_type_check
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape and behaviour of a transformer: one config describes any model lmscope builds."""
@@ -152,7 +155,9 @@ class ModelConfig:
     init_std: float = _f(0.02, "Standard deviation of the normal weight initialisation.")
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1.")
         derived = {
             "n_kv_heads": self.n_heads,
             "d_mlp": 4 * self.d_model,
@@ -164,7 +169,7 @@ class ModelConfig:
         if self.architecture == "encoder-decoder":
             derived["n_decoder_layers"] = self.n_layers
         if self.d_head is None:
-            _require(
+            require(
                 self.d_model % self.n_heads == 0,
                 "d_model",
                 self.d_model,
@@ -176,7 +181,7 @@ class ModelConfig:
             object.__setattr__(self, name, derived[name])
         # Remembered (not a field: not in JSON or ==) so replace() can re-derive them.
         object.__setattr__(self, "_derived", frozenset(filled))
-        _validate(self)
+        validate(self)
 
     # --- derived quantities ----------------------------------------------------------
     @property
@@ -235,8 +240,16 @@ class ModelConfig:
 
     # --- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain JSON-able values."""
-        return dataclasses.asdict(self)
+        """All fields as plain JSON-able values; derived fields as None.
+
+        Writing a derived field (``d_head`` from ``d_model // n_heads``...) as None keeps
+        it derived after a round trip, so editing ``d_model`` in a saved ``config.json``
+        or calling `replace` re-derives it. The resolved values are on the object.
+        """
+        data = dataclasses.asdict(self)
+        for name in getattr(self, "_derived", ()):
+            data[name] = None
+        return data
 
     def to_json(self, path: str | Path | None = None) -> str:
         """JSON text of the config; also written to `path` when given."""
@@ -256,16 +269,23 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, source: str | Path) -> ModelConfig:
-        """Build from a JSON file path or a JSON string."""
+        """Build from a JSON file (a `Path` or the name of an existing file) or JSON text."""
+        where = "JSON text"
         text = str(source)
-        if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
+        if isinstance(source, Path) or _is_file(text):
+            where = str(source)
+            try:
+                text = Path(source).read_text()
+            except OSError as exc:
+                raise ConfigError.about(where, f"cannot be read ({exc}).") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError("<json>", str(source)[:60], f"not valid JSON ({exc}).") from exc
+            raise ConfigError.about(where, f"is not valid JSON ({exc}).") from exc
         if not isinstance(data, dict):
-            raise ConfigError("<json>", type(data).__name__, "expected a JSON object.")
+            raise ConfigError.about(
+                where, f"holds a JSON {type(data).__name__}; expected a JSON object of fields."
+            )
         return cls.from_dict(data)
 
     @classmethod
@@ -281,10 +301,14 @@ class ModelConfig:
         Fields that were derived (``d_head`` from ``d_model // n_heads``...) are derived
         again from the new values unless `changes` sets them.
         """
-        data = self.to_dict()
-        for name in getattr(self, "_derived", ()):
-            data[name] = None
-        return self.from_dict({**data, **changes})
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # too long or not a path at all
+        return False
 
 
 def field_help() -> dict[str, str]:
@@ -292,191 +316,11 @@ def field_help() -> dict[str, str]:
     return {f.name: f.metadata["help"] for f in dataclasses.fields(ModelConfig)}
 
 
-# ---------------------------------------------------------------------------------------
-# Validation
-# ---------------------------------------------------------------------------------------
-
-
-def _require(ok: bool, field_name: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(field_name, value, allowed)
-
-
-def _type_ok(value: object, tp: Any) -> tuple[bool, list[str]]:
-    """Whether `value` matches annotation `tp`; also returns literal choices seen."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = [str(c) for c in typing.get_args(tp)]
-        return value in typing.get_args(tp), choices
-    if origin in (typing.Union, types.UnionType):
-        choices: list[str] = []
-        for arg in typing.get_args(tp):
-            ok, more = _type_ok(value, arg)
-            if ok:
-                return True, []
-            choices += more
-        return False, choices
-    if tp is type(None):
-        return value is None, []
-    if tp is bool:
-        return isinstance(value, bool), []
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), []
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool), []
-    if tp is str:
-        return isinstance(value, str), []
-    return True, []
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _check_types(cfg: ModelConfig) -> None:
-    hints = typing.get_type_hints(ModelConfig, globalns=globals())
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        ok, choices = _type_ok(value, hints[f.name])
-        if not ok:
-            hint = did_you_mean(value, choices) if isinstance(value, str) and choices else ""
-            raise ConfigError(f.name, value, f"allowed: {_type_name(hints[f.name])}.", hint)
-
-
-def _validate(c: ModelConfig) -> None:
-    """Reject invalid combinations with a message naming field, value and what is allowed."""
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-        _require(getattr(c, name) >= 1, name, getattr(c, name), "must be >= 1.")
-    for name in ("n_kv_heads", "d_head", "n_decoder_layers"):
-        value = getattr(c, name)
-        _require(value is None or value >= 1, name, value, "must be >= 1.")
-    _require(c.mlp_dim >= 1, "d_mlp", c.d_mlp, "must be >= 1.")
-    _require(
-        c.n_heads % c.kv_heads == 0,
-        "n_kv_heads",
-        c.n_kv_heads,
-        f"n_heads={c.n_heads} must be a multiple of n_kv_heads (each key/value head serves "
-        "a whole group of query heads); use a divisor of n_heads.",
-    )
-    _require(c.n_token_types >= 0, "n_token_types", c.n_token_types, "must be >= 0.")
-    _require(c.norm_eps > 0, "norm_eps", c.norm_eps, "must be > 0.")
-    _require(0.0 <= c.dropout < 1.0, "dropout", c.dropout, "must be in [0, 1).")
-    _require(c.init_std > 0, "init_std", c.init_std, "must be > 0.")
-    if isinstance(c.attention_scale, float | int):
-        _require(c.attention_scale > 0, "attention_scale", c.attention_scale, "must be > 0.")
-    if c.sliding_window is not None:
-        _require(c.sliding_window >= 1, "sliding_window", c.sliding_window, "must be >= 1.")
-    if c.architecture != "encoder-decoder":
-        _require(
-            c.n_decoder_layers is None,
-            "n_decoder_layers",
-            c.n_decoder_layers,
-            "only applies to architecture='encoder-decoder'; remove it.",
-        )
-    if c.architecture == "encoder-decoder":
-        _require(
-            c.positional != "alibi",
-            "positional",
-            c.positional,
-            "ALiBi is defined for self-attention only and an encoder-decoder also has "
-            "cross attention; use t5-bias, rope or an absolute scheme.",
-        )
-    _require(
-        c.architecture == "encoder" or not c.mlm_head,
-        "mlm_head",
-        c.mlm_head,
-        "a masked-LM head is only built for architecture='encoder'.",
-    )
-    # positions
-    if c.positional == "rope":
-        _require(
-            0.0 < c.rotary_fraction <= 1.0,
-            "rotary_fraction",
-            c.rotary_fraction,
-            "must be in (0, 1].",
-        )
-        _require(
-            c.rotary_dim >= 2 and c.rotary_dim % 2 == 0,
-            "rotary_fraction",
-            c.rotary_fraction,
-            f"rotates {c.head_dim} * {c.rotary_fraction} = {c.head_dim * c.rotary_fraction:g} "
-            "dims; RoPE rotates pairs, so this must be an even whole number >= 2.",
-        )
-        _require(c.rope_theta > 0, "rope_theta", c.rope_theta, "must be > 0.")
-        if c.rope_scaling != "none":
-            _require(
-                c.rope_scaling_factor >= 1.0,
-                "rope_scaling_factor",
-                c.rope_scaling_factor,
-                f"rope_scaling={c.rope_scaling!r} needs a factor >= 1.",
-            )
-        if c.rope_scaling == "llama3":
-            _require(
-                c.rope_high_freq_factor > c.rope_low_freq_factor,
-                "rope_high_freq_factor",
-                c.rope_high_freq_factor,
-                f"must be greater than rope_low_freq_factor={c.rope_low_freq_factor}.",
-            )
-    else:
-        _require(
-            c.rope_scaling == "none",
-            "rope_scaling",
-            c.rope_scaling,
-            f"only applies to positional='rope' (positional is {c.positional!r}).",
-        )
-    if c.positional == "relative":
-        _require(
-            c.relative_max_distance >= 1,
-            "relative_max_distance",
-            c.relative_max_distance,
-            "must be >= 1.",
-        )
-    if c.positional == "t5-bias":
-        _require(
-            c.t5_num_buckets >= 4 and c.t5_num_buckets % 2 == 0,
-            "t5_num_buckets",
-            c.t5_num_buckets,
-            "must be an even number >= 4 (half the buckets per direction when bidirectional).",
-        )
-        _require(
-            c.t5_max_distance > c.t5_num_buckets // 2,
-            "t5_max_distance",
-            c.t5_max_distance,
-            f"must exceed t5_num_buckets // 2 = {c.t5_num_buckets // 2}.",
-        )
-    # norms, blocks, MLPs
-    if c.parallel_attn_mlp:
-        _require(
-            c.norm_placement == "pre",
-            "parallel_attn_mlp",
-            c.parallel_attn_mlp,
-            "parallel blocks read one normalised input; they need norm_placement='pre'.",
-        )
-    _require(
-        c.parallel_attn_mlp or not c.parallel_shared_norm,
-        "parallel_shared_norm",
-        c.parallel_shared_norm,
-        "only applies when parallel_attn_mlp is true.",
-    )
-    if c.attn_only:
-        _require(not c.is_moe, "n_experts", c.n_experts, "attn_only models have no MLPs.")
-        _require(
-            not c.parallel_attn_mlp,
-            "parallel_attn_mlp",
-            c.parallel_attn_mlp,
-            "attn_only models have no MLP to run in parallel.",
-        )
-    if c.is_moe:
-        assert c.n_experts is not None
-        _require(c.n_experts >= 1, "n_experts", c.n_experts, "must be >= 1 (or null).")
-        _require(
-            1 <= c.experts_per_token <= c.n_experts,
-            "experts_per_token",
-            c.experts_per_token,
-            f"must be between 1 and n_experts={c.n_experts}.",
-        )
+def config_table_markdown() -> str:
+    """The README's table of every `ModelConfig` field: name, type, default, meaning."""
+    hints = field_types(ModelConfig)
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(ModelConfig):
+        kind = type_name(hints[f.name]).replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {kind} | `{f.default!r}` | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"

@@ -26,6 +26,14 @@ class ConfigError(LmscopeError, ValueError):
             message += f" {hint}"
         super().__init__(message)
 
+    @classmethod
+    def about(cls, source: str, problem: str) -> ConfigError:
+        """An error about a whole config source (a file, JSON text), not one field."""
+        error = cls.__new__(cls)
+        error.field, error.value, error.allowed = "<source>", source, problem
+        ValueError.__init__(error, f"config {source}: {problem}")
+        return error
+
 
 class CheckpointError(LmscopeError, ValueError):
     """A checkpoint that does not match the model it is loaded into."""

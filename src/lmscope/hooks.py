@@ -91,7 +91,7 @@ class HookPoint(nn.Module):
         for fn in tuple(self._fwd):
             out = fn(x, self)
             if out is not None:
-                x = out
+                x = _checked(out, fn, self.name)
         if self._bwd and x.requires_grad:
             x.register_hook(self._run_backward)
         return x
@@ -107,11 +107,21 @@ class HookPoint(nn.Module):
         for fn in tuple(self._bwd):
             out = fn(grad, self)
             if out is not None:
-                grad = out
+                grad = _checked(out, fn, self.name)
         return grad
 
     def extra_repr(self) -> str:
         return self.name
+
+
+def _checked(out: object, fn: HookFn, name: str) -> Tensor:
+    """A hook's replacement value, refused clearly when it is not a tensor."""
+    if not isinstance(out, Tensor):
+        raise HookError(
+            f"hook {getattr(fn, '__name__', fn)!r} on {name!r} returned a "
+            f"{type(out).__name__}; a hook must return a tensor (the new activation) or None."
+        )
+    return out
 
 
 class HookedModule(nn.Module):

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on `app`.
-from lmscope.cli import demo, info  # noqa: E402, F401
+from lmscope.cli import demo, explain, info  # noqa: E402, F401
 
 
 def main() -> None:
@@ -30,5 +30,6 @@ def main() -> None:
     try:
         app()
     except LmscopeError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # soft_wrap: one logical line, whatever the terminal width.
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

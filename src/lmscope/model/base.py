@@ -57,10 +57,15 @@ class BaseTransformer(HookedModule):
                 nn.init.normal_(p, 0.0, std)
 
     def init_buffers(self) -> None:
-        """Recompute non-persistent buffers (RoPE tables, ALiBi slopes) in place."""
+        """Recompute non-persistent buffers (RoPE tables, ALiBi slopes) on the weights' device.
+
+        Needed after building on the meta device: loading assigns the parameters, but
+        buffers that are not saved stay on meta until recomputed here.
+        """
+        device = self.device
         for module in self.modules():
             if module is not self and hasattr(module, "init_buffers"):
-                module.init_buffers()
+                module.init_buffers(device)
 
     # --- embedding step ----------------------------------------------------------------
     def _embed(
@@ -75,7 +80,8 @@ class BaseTransformer(HookedModule):
         x = hook_embed(self.embed(tokens))
         if self.pos_embed is not None:
             assert hook_pos_embed is not None
-            x = x + hook_pos_embed(self.pos_embed(positions).to(x.dtype))
+            # Positions shared by the batch come as one row; hooks see [batch, pos, d].
+            x = x + hook_pos_embed(self.pos_embed(positions).to(x.dtype).expand_as(x))
         if self.token_type_embed is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(tokens)

@@ -41,32 +41,43 @@ class Block(nn.Module):
         self.has_mlp = not cfg.attn_only
         self.dropout = cfg.dropout
 
-        # Registered in data-flow order, so hook_names() lists hooks in forward order.
+        # Registered in the order the forward pass runs them, so that hook_names() lists
+        # hooks in forward order (a post-norm block normalises *after* each sublayer).
+        mlp_norm_name = "ln3" if cross_attention else "ln2"
+        shared_norm = self.parallel and cfg.parallel_shared_norm
+        self.mlp_norm_name = "ln1" if shared_norm else mlp_norm_name
         self.hook_resid_pre = HookPoint()
-        self.ln1 = make_norm(cfg)
+        if self.pre_norm:
+            self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg, layer)
         self.hook_attn_out = HookPoint()
         if self.has_mlp and not self.parallel:
             self.hook_resid_mid = HookPoint()
+        if not self.pre_norm:
+            self.ln1 = make_norm(cfg)
         self.cross_attn: Attention | None = None
         if cross_attention:
-            self.ln2 = make_norm(cfg)
+            if self.pre_norm:
+                self.ln2 = make_norm(cfg)
             self.cross_attn = Attention(cfg, layer, cross=True)
             self.hook_cross_attn_out = HookPoint()
             self.hook_resid_mid_cross = HookPoint()
-        self.mlp_norm_name = "ln3" if cross_attention else "ln2"
+            if not self.pre_norm:
+                self.ln2 = make_norm(cfg)
         self.mlp: nn.Module | None = None
         if self.has_mlp:
-            if not (self.parallel and cfg.parallel_shared_norm):
-                self.add_module(self.mlp_norm_name, make_norm(cfg))
+            if self.pre_norm and not shared_norm:
+                self.add_module(mlp_norm_name, make_norm(cfg))
             self.mlp = MoE(cfg) if cfg.is_moe else MLP(cfg)
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        if self.has_mlp and not self.pre_norm:
+            self.add_module(mlp_norm_name, make_norm(cfg))
 
     @property
     def ln_mlp(self) -> nn.Module:
-        """The norm in front of the MLP (ln2, ln3 with cross attention, ln1 if shared)."""
-        return getattr(self, self.mlp_norm_name, self.ln1)
+        """The norm of the MLP sublayer (ln2; ln3 with cross attention; ln1 when shared)."""
+        return getattr(self, self.mlp_norm_name)
 
     def _drop(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
@@ -88,7 +99,8 @@ class Block(nn.Module):
         attn_out = self.hook_attn_out(self._drop(self.attn(attn_in, ctx, kv_cache)))
         resid = resid + attn_out
         if self.mlp is None:
-            return self.hook_resid_post(resid)
+            resid = self.hook_resid_post(resid)
+            return resid if self.pre_norm else self.ln1(resid)
         resid = self.hook_resid_mid(resid)
         if not self.pre_norm:
             resid = self.ln1(resid)
@@ -109,7 +121,7 @@ class Block(nn.Module):
     def _parallel(self, resid: Tensor, ctx: AttentionContext, kv_cache: KVCache | None) -> Tensor:
         assert self.mlp is not None
         attn_in = self.ln1(resid)
-        mlp_in = self.ln_mlp(resid) if self.mlp_norm_name in self._modules else attn_in
         attn_out = self.hook_attn_out(self._drop(self.attn(attn_in, ctx, kv_cache)))
+        mlp_in = attn_in if self.mlp_norm_name == "ln1" else self.ln_mlp(resid)
         mlp_out = self.hook_mlp_out(self._drop(self.mlp(mlp_in)))
         return self.hook_resid_post(resid + attn_out + mlp_out)

@@ -21,7 +21,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 #: Mask of an attention call: bool (True = may attend) or additive float.
-Mask = Bool[Tensor, "#batch #head q k"] | Float[Tensor, "#batch #head q k"]
+Mask = Bool[Tensor, "#batch #head #q k"] | Float[Tensor, "#batch #head #q k"]
 
 
 @dataclass

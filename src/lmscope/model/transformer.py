@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from lmscope.config import ModelConfig
+from lmscope.errors import LmscopeError
 from lmscope.hooks import HookPoint
 from lmscope.model.base import BaseTransformer
 from lmscope.model.block import Block
@@ -60,7 +61,8 @@ class Transformer(BaseTransformer):
         """Unembedding matrix (the embedding's transpose when tied)."""
         head = self.unembed or (self.mlm_head.unembed if self.mlm_head else None)
         if head is None:
-            raise AttributeError("this encoder has no unembedding (mlm_head is false).")
+            # Not AttributeError: nn.Module.__getattr__ would replace this message.
+            raise LmscopeError("this encoder has no unembedding (mlm_head is false).")
         return (self.embed.weight if head.weight is None else head.weight).T
 
     def cached_layers(self) -> int:

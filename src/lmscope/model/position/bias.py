@@ -46,9 +46,15 @@ class ALiBi(nn.Module):
         self.n_heads = n_heads
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
-    def init_buffers(self) -> None:
-        """(Re)compute the slopes (after building on the meta device)."""
-        self.slopes = alibi_slopes(self.n_heads).to(self.slopes.device)
+    def init_buffers(self, device: torch.device) -> None:
+        """(Re)compute the slopes on `device`."""
+        self.slopes = alibi_slopes(self.n_heads).to(device)
+
+    # Slopes stay float32 on whatever device the model moves to (see RotaryEmbedding).
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)
+        self.init_buffers(self.slopes.device)
+        return self
 
     def forward(
         self, q_pos: Int[Tensor, "#batch q"], k_pos: Int[Tensor, "#batch k"]

@@ -95,12 +95,19 @@ class RotaryEmbedding(nn.Module):
         self.layout = cfg.rope_layout
         self.attention_factor = 1.0
         self.register_buffer("inv_freq", torch.empty(self.rotary_dim // 2), persistent=False)
-        self.init_buffers()
+        self.init_buffers(self.inv_freq.device)
 
-    def init_buffers(self) -> None:
-        """(Re)compute the frequency table (after building on the meta device)."""
+    def init_buffers(self, device: torch.device) -> None:
+        """(Re)compute the frequency table on `device`."""
         inv_freq, self.attention_factor = rope_frequencies(self.cfg)
-        self.inv_freq = inv_freq.to(self.inv_freq.device)
+        self.inv_freq = inv_freq.to(device)
+
+    # Keep the table in float32 on whatever device the model moves to: `.to(bf16)` would
+    # otherwise round the frequencies, and bf16 cannot hold position * frequency.
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)
+        self.init_buffers(self.inv_freq.device)
+        return self
 
     def forward(
         self, positions: Int[Tensor, "#batch pos"], dtype: torch.dtype
