@@ -232,3 +232,17 @@ def test_an_idle_hook_point_returns_its_input_unchanged() -> None:
     point = HookPoint()
     x = torch.randn(3)
     assert point(x) is x and not point.active
+
+
+def test_backward_hooks_of_run_with_hooks_fire_on_a_later_backward() -> None:
+    model = build_model(small("gpt2-small"))
+    grads: list[torch.Tensor] = []
+    out = model.run_with_hooks(
+        torch.randint(0, 61, (1, 4)),
+        bwd_hooks=[("blocks.0.hook_resid_post", lambda g, h: grads.append(g))],
+    )
+    assert not model.hook_points()["blocks.0.hook_resid_post"].active
+    out.sum().backward()
+    assert len(grads) == 1 and grads[0].shape == (1, 4, 32)
+    model(torch.randint(0, 61, (1, 4))).sum().backward()  # a later forward: no hook
+    assert len(grads) == 1

@@ -93,7 +93,10 @@ class HookPoint(nn.Module):
             if out is not None:
                 x = _checked(out, fn, self.name)
         if self._bwd and x.requires_grad:
-            x.register_hook(self._run_backward)
+            # The backward hooks of *this* forward, so they still fire when the caller
+            # runs backward after a temporary-hooks block has ended.
+            hooks = tuple(self._bwd)
+            x.register_hook(lambda grad: self._run_backward(grad, hooks))
         return x
 
     # Bypass nn.Module.__call__ (global hooks, tracing checks): this runs on every
@@ -103,8 +106,8 @@ class HookPoint(nn.Module):
             return x
         return self.forward(x)
 
-    def _run_backward(self, grad: Tensor) -> Tensor:
-        for fn in tuple(self._bwd):
+    def _run_backward(self, grad: Tensor, hooks: tuple[HookFn, ...]) -> Tensor:
+        for fn in hooks:
             out = fn(grad, self)
             if out is not None:
                 grad = _checked(out, fn, self.name)
@@ -193,8 +196,8 @@ class HookedModule(nn.Module):
     ) -> Any:
         """Call the model with temporary hooks (removed on return, also on exceptions).
 
-        Backward hooks fire when the caller runs ``.backward()`` on the result inside
-        this call's lifetime only; use `hooks(...)` to keep them across a backward pass.
+        Backward hooks belong to this forward pass: they fire when the caller later runs
+        ``.backward()`` on the result, and not for later forwards.
         """
         with self.hooks(fwd_hooks, bwd_hooks):
             return self(*args, **kwargs)
