@@ -232,3 +232,11 @@ def test_inference_logits_equal_autograd_logits() -> None:
     assert not fast.is_contiguous() and slow.is_contiguous()
     assert torch.equal(fast, slow.detach())
     assert fast.view(-1, 61).shape == (10, 61)
+
+
+def test_inference_logits_follow_autocast() -> None:
+    model = build_model(small("gpt2-small")).eval()
+    tokens = torch.randint(0, 61, (1, 5))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(tokens)
+    assert logits.dtype == torch.bfloat16  # the vocabulary projection ran under autocast

@@ -62,15 +62,18 @@ def linear_padded_rows(
 
     BLAS writes each output row at a multiple of the row stride. With an odd width
     (50257 floats) rows start at unaligned addresses and the vocabulary projection,
-    the largest matmul of a small model, runs ~1.5x slower on CPU. Outside autograd we
-    let it write into a buffer whose rows are padded to 16 floats and return the
-    ``[..., :d_out]`` view: bit-identical values, a row stride that is not ``d_out``
-    (``is_contiguous()`` is False; ``.view(-1, d_out)`` still works).
+    the largest matmul of a small model, runs 1.25-1.7x slower on CPU (BENCHMARKS.md).
+    Outside autograd and autocast we let it write into a buffer whose rows are padded
+    to 16 floats and return the ``[..., :d_out]`` view: bit-identical values, a row
+    stride that is not ``d_out`` (``is_contiguous()`` is False; ``.view(-1, d_out)``
+    still works). Under autocast, ``out=`` calls would silently stay in full precision,
+    so autocast takes ``F.linear`` like everything else.
     """
     d_out = weight.shape[0]
     padded = -(-d_out // 16) * 16
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if padded == d_out or needs_grad or x.device.type != "cpu":
+    plain = needs_grad or x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type)
+    if padded == d_out or plain:
         return F.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])
     out = flat.new_empty(flat.shape[0], padded)[:, :d_out]
