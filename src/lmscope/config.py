@@ -27,7 +27,7 @@ Architecture = Literal["decoder", "encoder", "encoder-decoder"]
 Positional = Literal[
     "none", "sinusoidal", "sinusoidal-concat", "learned", "relative", "t5-bias", "rope", "alibi"
 ]
-RopeScaling = Literal["none", "linear", "ntk", "yarn", "llama3"]
+RopeScaling = Literal["none", "linear", "ntk", "dynamic", "yarn", "llama3"]
 RopeLayout = Literal["rotate-half", "interleaved"]
 Norm = Literal["layernorm", "rmsnorm", "none"]
 NormPlacement = Literal["pre", "post"]
@@ -84,11 +84,13 @@ class ModelConfig:
     )
     rotary_fraction: float = _f(1.0, "Fraction of each head's dims that RoPE rotates.")
     rope_scaling: RopeScaling = _f(
-        "none", "RoPE context extension: none, linear, ntk, yarn or llama3."
+        "none",
+        "RoPE context extension: none, linear, ntk, dynamic (NTK by input length), yarn or llama3.",
     )
     rope_scaling_factor: float = _f(1.0, "Context extension factor of rope_scaling.")
     rope_original_max_seq_len: int | None = _f(
-        None, "Pre-training context of a scaled RoPE (yarn, llama3; default: max_seq_len)."
+        None,
+        "Pre-training context of a scaled RoPE (dynamic, yarn, llama3; default: max_seq_len).",
     )
     rope_low_freq_factor: float = _f(1.0, "llama3 scaling: low-frequency wavelength factor.")
     rope_high_freq_factor: float = _f(4.0, "llama3 scaling: high-frequency wavelength factor.")
@@ -105,6 +107,9 @@ class ModelConfig:
         "pre", "pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x)) (original, BERT)."
     )
     norm_eps: float = _f(1e-5, "Epsilon added to the variance in norms.")
+    norm_weight_offset: float = _f(
+        0.0, "RMSNorm scales by (offset + weight); Gemma stores weights as w - 1 (offset 1)."
+    )
     final_norm: bool | None = _f(
         None, "Norm after the last block (default: true for pre-norm, false for post-norm)."
     )
@@ -132,10 +137,16 @@ class ModelConfig:
     mlp_bias: bool = _f(True, "Biases in the MLP.")
     norm_bias: bool = _f(True, "LayerNorm has a learned shift (beta).")
     unembed_bias: bool = _f(False, "Bias on the unembedding (LM head).")
+    unembed_scale: float = _f(
+        1.0, "Multiplier on the final hidden state before the unembedding (T5 tied: d^-0.5)."
+    )
     dropout: float = _f(0.0, "Dropout on embeddings, attention pattern and block outputs.")
     tie_embeddings: bool = _f(True, "Unembedding is the transpose of the token embedding.")
     n_token_types: int = _f(0, "Segment (token type) embeddings, as BERT's 2 (0 = none).")
     embedding_norm: bool = _f(False, "Normalise the summed embeddings (BERT).")
+    embed_scale: float = _f(
+        1.0, "Multiplier on token embeddings, rounded to the model dtype (Gemma: sqrt(d_model))."
+    )
     mlm_head: bool = _f(False, "Encoder: add a masked-LM head (dense, act, norm, unembed).")
     # --- attention -------------------------------------------------------------------
     attention_scale: float | Literal["none"] | None = _f(

@@ -18,10 +18,12 @@ if TYPE_CHECKING:
     from lmscope.config import ModelConfig
 
 
-def require(ok: bool, field_name: str, value: object, allowed: str) -> None:
-    """Raise a `ConfigError` for `field_name` unless `ok`."""
+def require(
+    ok: bool, field_name: str, value: object, allowed: str, owner: str = "ModelConfig"
+) -> None:
+    """Raise a `ConfigError` for `owner.field_name` unless `ok`."""
     if not ok:
-        raise ConfigError(field_name, value, allowed)
+        raise ConfigError(field_name, value, allowed, owner=owner)
 
 
 def _type_ok(value: object, tp: Any) -> tuple[bool, list[str]]:
@@ -70,15 +72,16 @@ def field_types(cls: type) -> dict[str, Any]:
     return inspect.get_annotations(cls, eval_str=True)
 
 
-def check_types(cfg: ModelConfig) -> None:
-    """Check every field's value against its annotation (Literal choices get a did-you-mean)."""
+def check_types(cfg: Any) -> None:
+    """Check every field of a config dataclass against its annotation (with did-you-mean)."""
     hints = field_types(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         ok, choices = _type_ok(value, hints[f.name])
         if not ok:
             hint = did_you_mean(value, choices) if isinstance(value, str) and choices else ""
-            raise ConfigError(f.name, value, f"allowed: {type_name(hints[f.name])}.", hint)
+            allowed = f"allowed: {type_name(hints[f.name])}."
+            raise ConfigError(f.name, value, allowed, hint, owner=type(cfg).__name__)
 
 
 def validate(c: ModelConfig) -> None:
@@ -98,6 +101,14 @@ def validate(c: ModelConfig) -> None:
     require(c.norm_eps > 0, "norm_eps", c.norm_eps, "must be > 0.")
     require(0.0 <= c.dropout < 1.0, "dropout", c.dropout, "must be in [0, 1).")
     require(c.init_std > 0, "init_std", c.init_std, "must be > 0.")
+    require(c.embed_scale > 0, "embed_scale", c.embed_scale, "must be > 0.")
+    require(c.unembed_scale > 0, "unembed_scale", c.unembed_scale, "must be > 0.")
+    require(
+        c.norm_weight_offset == 0 or c.norm == "rmsnorm",
+        "norm_weight_offset",
+        c.norm_weight_offset,
+        f"only applies to norm='rmsnorm' (norm is {c.norm!r}); use 0.",
+    )
     if isinstance(c.attention_scale, float | int):
         require(c.attention_scale > 0, "attention_scale", c.attention_scale, "must be > 0.")
     if c.sliding_window is not None:
@@ -148,12 +159,12 @@ def validate(c: ModelConfig) -> None:
                 c.rope_scaling_factor,
                 f"rope_scaling={c.rope_scaling!r} needs a factor >= 1.",
             )
-        if c.rope_scaling == "ntk":
+        if c.rope_scaling in ("ntk", "dynamic"):
             require(
                 c.rotary_dim >= 4,
                 "rope_scaling",
                 c.rope_scaling,
-                f"NTK scaling raises the base to factor^(d/(d-2)) with d = rotary_dim = "
+                f"NTK scaling raises the base to a power d/(d-2) with d = rotary_dim = "
                 f"{c.rotary_dim}; it needs rotary_dim >= 4.",
             )
         if c.rope_scaling == "llama3":

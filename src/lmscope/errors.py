@@ -17,11 +17,13 @@ class LmscopeError(Exception):
 class ConfigError(LmscopeError, ValueError):
     """An invalid `ModelConfig` field, value or combination of values."""
 
-    def __init__(self, field: str, value: object, allowed: str, hint: str = "") -> None:
+    def __init__(
+        self, field: str, value: object, allowed: str, hint: str = "", owner: str = "ModelConfig"
+    ) -> None:
         self.field = field
         self.value = value
         self.allowed = allowed
-        message = f"ModelConfig.{field} = {value!r} is invalid: {allowed}"
+        message = f"{owner}.{field} = {value!r} is invalid: {allowed}"
         if hint:
             message += f" {hint}"
         super().__init__(message)

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from lmscope.errors import CheckpointError, did_you_mean
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory entry (a rename into it) to disk, where the OS allows."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # some filesystems do not allow opening directories
@@ -44,7 +45,7 @@ def atomic_write(path: str | Path, write: Any) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ class BaseTransformer(HookedModule):
 
     # --- construction ------------------------------------------------------------------
     def init_weights(self) -> None:
-        """GPT-2 initialisation: N(0, init_std), zero biases, unit norm weights.
+        """GPT-2 initialisation: N(0, init_std), zero biases, norms that start as identity.
 
         Projections that write into the residual stream (attention ``out``, MLP
         ``fc_out``) get std / sqrt(2 * n_layers): every block adds two such writes, and
@@ -48,7 +49,9 @@ class BaseTransformer(HookedModule):
             leaf = name.rsplit(".", 1)[-1]
             module = self.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self
             if module.__class__.__name__ in ("LayerNorm", "RMSNorm"):
-                nn.init.ones_(p) if leaf == "weight" else nn.init.zeros_(p)
+                # An RMSNorm with a weight offset (Gemma) scales by offset + weight.
+                unit = 1.0 - getattr(module, "weight_offset", 0.0)
+                nn.init.constant_(p, unit) if leaf == "weight" else nn.init.zeros_(p)
             elif leaf == "bias":
                 nn.init.zeros_(p)
             elif name.endswith(("attn.out.weight", "fc_out.weight")):
@@ -77,7 +80,11 @@ class BaseTransformer(HookedModule):
         hook_pos_embed: HookPoint | None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Token (+ position) (+ token type) embedding, optional norm, dropout."""
-        x = hook_embed(self.embed(tokens))
+        x = self.embed(tokens)
+        if self.cfg.embed_scale != 1.0:
+            # Rounded to the model dtype first, as Gemma does (sqrt(2048) is 45.25 in bf16).
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype, device=x.device)
+        x = hook_embed(x)
         if self.pos_embed is not None:
             assert hook_pos_embed is not None
             # Positions shared by the batch come as one row; hooks see [batch, pos, d].
@@ -143,6 +150,13 @@ class BaseTransformer(HookedModule):
         if not losses:
             return torch.zeros((), device=self.device)
         return self.cfg.router_aux_loss_coef * torch.stack(losses).sum()
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Sample from the model: see `lmscope.generate.generate` (same arguments)."""
+        # Generation is its own module (it reads the model, not the other way round).
+        from lmscope.generate import generate
+
+        return generate(self, *args, **kwargs)
 
     # --- persistence -------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -47,11 +47,15 @@ class Unembed(nn.Module):
         self.d_model, self.vocab_size = cfg.d_model, cfg.vocab_size
         self.weight = None if self.tied else nn.Parameter(torch.zeros(cfg.vocab_size, cfg.d_model))
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.unembed_bias else None
+        # T5 with a tied head rescales the final state by d_model^-0.5 before the head.
+        self.scale = cfg.unembed_scale
 
     def forward(
         self, x: Float[Tensor, "batch pos d_model"], embed_weight: Tensor
     ) -> Float[Tensor, "batch pos vocab"]:
         weight = embed_weight if self.weight is None else self.weight
+        if self.scale != 1.0:
+            x = x * self.scale
         return linear_padded_rows(x, weight, self.bias)
 
 

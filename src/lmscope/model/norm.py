@@ -45,19 +45,24 @@ class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * w``: LayerNorm without centring (Zhang & Sennrich, 2019).
 
     Computed in float32 and cast back before the weight, as Llama does, so that bf16
-    models match the reference.
+    models match the reference. With a `weight_offset` (Gemma stores ``w - 1`` and scales
+    by ``1 + w``) the scaling also runs in float32 before the cast, as Gemma does.
     """
 
-    def __init__(self, d: int, eps: float = 1e-6) -> None:
+    def __init__(self, d: int, eps: float = 1e-6, weight_offset: float = 0.0) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
+        self.weight_offset = weight_offset
+        self.weight = nn.Parameter(torch.full((d,), 1.0 - weight_offset))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d]
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
         x32 = x.float()
         scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        if self.weight_offset:
+            out = (x32 / scale * (self.weight_offset + self.weight.float())).to(x.dtype)
+            return self.hook_normalized(out)
         return self.hook_normalized((x32 / scale).to(x.dtype) * self.weight)
 
 
@@ -67,5 +72,5 @@ def make_norm(cfg: ModelConfig, d: int | None = None) -> nn.Module:
     if cfg.norm == "layernorm":
         return LayerNorm(width, cfg.norm_eps, bias=cfg.norm_bias)
     if cfg.norm == "rmsnorm":
-        return RMSNorm(width, cfg.norm_eps)
+        return RMSNorm(width, cfg.norm_eps, cfg.norm_weight_offset)
     return nn.Identity()

@@ -14,6 +14,12 @@ Scalings stretch the frequencies so a model trained on ``original`` tokens works
 longer inputs; each follows the formula of its reference implementation:
 - linear (Chen et al., 2023, position interpolation): every frequency / factor;
 - ntk (bloc97's "NTK-aware" rule): base * factor^(d/(d-2)), high frequencies kept;
+- dynamic (emozilla's dynamic NTK, Hugging Face's "dynamic"): no change up to
+  ``original`` tokens; beyond, NTK with the factor grown to the input length
+  ``L``: base * (factor * L / original - (factor - 1))^(d/(d-2)), ``L`` = largest
+  position id of the forward + 1. Hugging Face keeps the largest ``L`` seen while above
+  ``original``; here it is a function of each forward's positions, which is the same
+  for one sequence decoded with a KV cache (positions only grow);
 - yarn (Peng et al., 2023): per-dim blend of interpolated and original frequencies by
   wavelength, plus an attention temperature 0.1 ln(factor) + 1 on cos/sin;
 - llama3 (Meta, 2024): long wavelengths / factor, short ones kept, a smooth ramp between.
@@ -30,14 +36,22 @@ from torch import Tensor, nn
 from lmscope.config import ModelConfig
 
 
-def rope_frequencies(cfg: ModelConfig) -> tuple[Float[Tensor, " half"], float]:
-    """Inverse frequencies (``rotary_dim / 2``) and the attention factor of `cfg`'s scaling."""
+def rope_frequencies(
+    cfg: ModelConfig, seq_len: int | None = None
+) -> tuple[Float[Tensor, " half"], float]:
+    """Inverse frequencies (``rotary_dim / 2``) and the attention factor of `cfg`'s scaling.
+
+    `seq_len` (the input length) only matters for ``rope_scaling='dynamic'``.
+    """
     dim = cfg.rotary_dim
     base = cfg.rope_theta
     factor = cfg.rope_scaling_factor
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     if cfg.rope_scaling == "ntk":
         base = base * factor ** (dim / (dim - 2))
+    original = cfg.rope_original_max_seq_len or cfg.max_seq_len
+    if cfg.rope_scaling == "dynamic" and seq_len is not None and seq_len > original:
+        base = base * (factor * seq_len / original - (factor - 1)) ** (dim / (dim - 2))
     inv_freq = 1.0 / (base**exponents)
     attention_factor = 1.0
 
@@ -114,7 +128,11 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[Float[Tensor, "#batch pos 1 rotary_dim"], Float[Tensor, "#batch pos 1 rotary_dim"]]:
         """cos and sin of every rotation angle, laid out like the dims they rotate."""
         # Angles in float32 whatever the model dtype: bf16 cannot hold position * freq.
-        angles = positions.float()[..., None] * self.inv_freq.float()  # [batch, pos, half]
+        inv_freq = self.inv_freq
+        if self.cfg.rope_scaling == "dynamic":  # frequencies depend on the input length
+            seq_len = int(positions.max()) + 1 if positions.numel() else 0
+            inv_freq = rope_frequencies(self.cfg, seq_len)[0].to(inv_freq.device)
+        angles = positions.float()[..., None] * inv_freq.float()  # [batch, pos, half]
         if self.layout == "rotate-half":
             angles = torch.cat((angles, angles), dim=-1)
         else:
