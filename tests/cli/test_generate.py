@@ -123,11 +123,12 @@ def test_chat_answers_each_line_until_exit(model_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--prompt", "the", "--max-new-tokens", "500"], "max_new_tokens=500 does not fit"),
+        (["--prompt", "the", "--max-new-tokens", "500", "--no-slide"], "max_new_tokens=500 does"),
         (["--prompt", "the", "--temperature", "-1"], "temperature=-1.0 must be >= 0"),
         (["--prompt", "the", "--tokens", "1"], "either --prompt .* or --tokens"),
         (["--tokens", "1,x"], "give integer token ids"),
         (["--prompt", "the", "--max-new-tokens", "5"], None),
+        (["--prompt", "the", "--max-new-tokens", "500", "--seed", "0"], None),  # slides
     ],
 )
 def test_errors_are_one_line(

@@ -303,3 +303,61 @@ def test_encoder_decoder_limits_name_the_source() -> None:
         generate(model, [[1] * 70])
     with pytest.raises(GenerationError, match=r"decoder start token.*max_new_tokens <= 63"):
         generate(model, [[1, 2]], max_new_tokens=64)
+
+
+# --- sliding context --------------------------------------------------------------------
+def reference_slide(model: BaseTransformer, prompt: list[int], n: int) -> list[int]:
+    """Greedy without a cache, with the documented sliding rule: the window grows until it
+    fills its room (the context, or less when few tokens are asked for), then restarts
+    from the last half context of everything so far."""
+    context, new = model.cfg.max_seq_len, n
+    history, window = list(prompt), list(prompt[-context:])
+    room = min(context, len(window) + new)
+    out = []
+    with torch.inference_mode():
+        for _ in range(n):
+            token = int(model(torch.tensor([window]))[0, -1].argmax())
+            out.append(token)
+            history.append(token)
+            if len(window) >= room:
+                window = history[-(context // 2) :]
+                room = min(context, len(window) + new)
+            else:
+                window.append(token)
+    return out
+
+
+@pytest.mark.parametrize("preset", ["gpt2-small", "llama-tiny"])  # learned and rotary positions
+def test_sliding_context_generates_past_max_seq_len(preset: str) -> None:
+    model = model_for(preset, max_seq_len=12)
+    prompt = [3, 14, 15, 9, 26]
+    with pytest.raises(GenerationError, match="does not fit"):
+        generate(model, [prompt], max_new_tokens=30)
+    result = generate(model, [prompt], max_new_tokens=30, overflow="slide")
+    assert len(result.new_tokens[0]) == 30
+    assert result.new_tokens[0] == reference_slide(model, prompt, 30)
+    # A prompt longer than the context is cut to its last max_seq_len tokens.
+    long_prompt = list(range(1, 20))
+    cut = generate(model, [long_prompt], max_new_tokens=20, overflow="slide")
+    assert cut.new_tokens[0] == reference_slide(model, long_prompt, 20)
+    assert cut.sequences[0][:19] == long_prompt
+
+
+def test_sliding_batch_shares_its_rebuilds() -> None:
+    """A batch's rows share one cache, so they slide together (when the longest row fills
+    the context): up to then each row equals its one-by-one continuation; the longest
+    row, whose window decides, equals it throughout."""
+    model = model_for("llama-tiny", max_seq_len=10)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [10, 11, 12]]
+    batched = generate(model, prompts, max_new_tokens=25, overflow="slide")
+    assert batched.new_tokens[0] == reference_slide(model, prompts[0], 25)
+    before_first_slide = 10 - 7 + 1
+    for prompt, tokens in zip(prompts, batched.new_tokens, strict=True):
+        alone = reference_slide(model, prompt, 25)
+        assert tokens[:before_first_slide] == alone[:before_first_slide]
+
+
+def test_sliding_is_refused_for_encoder_decoders() -> None:
+    model = lmscope.build_model(small("t5-small"), seed=0)
+    with pytest.raises(GenerationError, match="decoder-only"):
+        generate(model, [[1, 2]], max_new_tokens=4, overflow="slide")

@@ -25,7 +25,8 @@ from lmscope.explain import (
     worked_example,
     worked_examples,
 )
-from lmscope.io import load
+from lmscope.generate.loading import load_for_generation
+from lmscope.generate.text import TextTokenizer
 from lmscope.model import build_model
 from lmscope.model.base import BaseTransformer
 
@@ -34,9 +35,9 @@ DEFAULT_TEXT = "The cat sat on the mat"
 
 
 def _model(
-    config: Path | None, preset: str | None, model_dir: Path | None, seed: int
-) -> BaseTransformer:
-    """The model the options name (exactly one of them)."""
+    config: Path | None, preset: str | None, model_dir: str | None, seed: int
+) -> tuple[BaseTransformer, TextTokenizer | None]:
+    """The model the options name (exactly one of them), with its tokenizer if it has one."""
     given = [
         name
         for name, v in (("--config", config), ("--preset", preset), ("--model", model_dir))
@@ -45,7 +46,8 @@ def _model(
     if len(given) > 1:
         raise LmscopeError(f"give one model source, not {' and '.join(given)}.")
     if model_dir is not None:
-        return load(model_dir)
+        net, tokenizer, _ = load_for_generation(model_dir, need_tokenizer=False)
+        return net, tokenizer
     if config is not None:
         if not config.is_file():
             raise LmscopeError(f"config file {str(config)!r} does not exist.")
@@ -53,7 +55,7 @@ def _model(
     else:
         assert preset is not None
         cfg = ModelConfig.from_preset(preset)
-    return build_model(cfg.replace(dropout=0.0), seed=seed).eval()
+    return build_model(cfg.replace(dropout=0.0), seed=seed).eval(), None
 
 
 def _byte_label(b: int) -> str:
@@ -61,8 +63,11 @@ def _byte_label(b: int) -> str:
     return repr(chr(b)) if 32 <= b < 127 else f"\\x{b:02x}"
 
 
-def _encode(text: str | None, tokens: str | None, vocab_size: int) -> tuple[list[int], list[str]]:
-    """Token ids and labels from --tokens, or from --text as UTF-8 bytes."""
+def _encode(
+    text: str | None, tokens: str | None, vocab_size: int, tokenizer: TextTokenizer | None
+) -> tuple[list[int], list[str]]:
+    """Token ids and labels from --tokens, or from --text (with the model's tokenizer, or
+    as UTF-8 bytes when it has none)."""
     if text is not None and tokens is not None:
         raise LmscopeError("give --text or --tokens, not both.")
     if tokens is not None:
@@ -80,6 +85,11 @@ def _encode(text: str | None, tokens: str | None, vocab_size: int) -> tuple[list
                 f"token id {bad[0]} is outside this model's vocabulary [0, {vocab_size})."
             )
         return ids, [str(i) for i in ids]
+    if tokenizer is not None:
+        ids = tokenizer.encode(DEFAULT_TEXT if text is None else text)
+        if not ids:
+            raise LmscopeError("--text is empty; give some text or --tokens.")
+        return ids, [repr(tokenizer.decode([i])) for i in ids]
     if vocab_size < 256:
         raise LmscopeError(
             f"{vocab_size} tokens are too few for UTF-8 text (needs 256); use --tokens 1,2,3."
@@ -100,10 +110,15 @@ def explain(
     ] = None,
     preset: Annotated[str | None, typer.Option(help="Trace a model of this preset.")] = None,
     model: Annotated[
-        Path | None, typer.Option(help="Trace a model saved by model.save() in this directory.")
+        str | None,
+        typer.Option(
+            help="Trace a saved model: a model or training-run directory, a .gguf file or a "
+            "real model's name (smollm2)."
+        ),
     ] = None,
     text: Annotated[
-        str | None, typer.Option(help="Text to trace, as UTF-8 bytes (vocab >= 256).")
+        str | None,
+        typer.Option(help="Text to trace (the model's tokenizer, else UTF-8 bytes)."),
     ] = None,
     tokens: Annotated[str | None, typer.Option(help="Token ids to trace, e.g. 1,2,3.")] = None,
     position: Annotated[
@@ -140,8 +155,8 @@ def explain(
 
     if example is not None:
         raise LmscopeError("--example shows a worked example; it cannot be combined with a model.")
-    net = _model(config, preset, model, seed)
-    ids, labels = _encode(text, tokens, net.cfg.vocab_size)
+    net, tokenizer = _model(config, preset, model, seed)
+    ids, labels = _encode(text, tokens, net.cfg.vocab_size, tokenizer)
     with torch.inference_mode():
         trace = trace_token(
             net,

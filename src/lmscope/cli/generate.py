@@ -108,7 +108,7 @@ def generate(
     ] = None,
     max_new_tokens: Annotated[
         int | None,
-        typer.Option(help="Tokens to generate at most [default: 100, or what fits the context]."),
+        typer.Option(help="Tokens to generate at most [default: 100]."),
     ] = None,
     temperature: Temperature = 0.8,
     top_k: TopK = None,
@@ -119,6 +119,13 @@ def generate(
     ] = None,
     seed: Seed = None,
     num_samples: Annotated[int, typer.Option(help="Continuations of the prompt.")] = 1,
+    slide: Annotated[
+        bool,
+        typer.Option(
+            help="Past the model's context, slide it (keep the last half) instead of stopping "
+            "with an error; decoder-only models."
+        ),
+    ] = True,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Continue a prompt with a saved model, streaming the text as it is generated."""
@@ -135,8 +142,10 @@ def generate(
         if bos is None:
             raise LmscopeError("this tokenizer has no BOS token to start from; give --prompt.")
         ids, head = [bos], ""
-    if max_new_tokens is None:  # as many as fit in the context, up to 100
-        max_new_tokens = max(1, min(100, model.cfg.max_seq_len - len(ids)))
+    slide = slide and model.cfg.architecture == "decoder"
+    if max_new_tokens is None:  # 100, or as many as fit in the context when it cannot slide
+        room = 100 if slide else model.cfg.max_seq_len - len(ids)
+        max_new_tokens = max(1, min(100, room))
     printer = None if json else _Printer(num_samples, head)
     start = time.perf_counter()
     result = generate_tokens(
@@ -152,6 +161,7 @@ def generate(
         seed=seed,
         num_samples=num_samples,
         stream=printer,
+        overflow="slide" if slide else "error",
     )
     report = _report(result, time.perf_counter() - start)
     if json:

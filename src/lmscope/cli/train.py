@@ -13,7 +13,7 @@ from lmscope.cli.common import console
 from lmscope.presets import PRESETS
 from lmscope.train import TrainConfig, TrainResult, train
 from lmscope.train.config import load_run_spec
-from lmscope.train.recipes import RECIPES, recipe
+from lmscope.train.recipes import RECIPES, recipe, recipe_reference
 
 
 @app.command("train")
@@ -55,13 +55,24 @@ def train_command(
     )
     if result.model_dir is None:
         return  # not the main process
-    _summary(result)
-    if sample:
-        _print_sample(result.model_dir)
+    _summary(result, recipe_reference(model) if not set_ else None)
+    n_sample = _sample_tokens(result.run_dir)
+    if sample and n_sample > 0:
+        _print_sample(result.model_dir, n_sample)
     console.print("\nNext:", style="bold")
     console.print(f"  lmscope generate {result.model_dir} --prompt 'ROMEO:'")
     console.print(f"  lmscope explain --model {result.model_dir} --text 'To be'")
     console.print(f"  lmscope info {result.model_dir}")
+
+
+def _sample_tokens(run_dir: Path) -> int:
+    """The run's ``sample_tokens`` setting (from its saved run.json)."""
+    import json
+
+    from lmscope.train.setup import RUN_FILE
+
+    settings = json.loads((run_dir / RUN_FILE).read_text()).get("train", {})
+    return int(settings.get("sample_tokens", 200))
 
 
 def _is_run_spec(path: str) -> bool:
@@ -74,7 +85,7 @@ def _is_run_spec(path: str) -> bool:
     return isinstance(data, dict) and "train" in data
 
 
-def _summary(r: TrainResult) -> None:
+def _summary(r: TrainResult, reference: str | None) -> None:
     table = Table(title=f"run {r.run_dir}", show_header=False)
     rows = [
         ("steps", f"{r.steps:,}"),
@@ -86,6 +97,8 @@ def _summary(r: TrainResult) -> None:
         ("model", str(r.model_dir)),
         ("curves", str(r.run_dir / "loss.png")),
     ]
+    if reference is not None:
+        rows.append(("this recipe's reference", reference))
     if r.interrupted:
         rows.append(("status", "interrupted: run the same command again to resume"))
     for key, value in rows:
@@ -97,7 +110,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _print_sample(model_dir: Path) -> None:
+def _print_sample(model_dir: Path, n_tokens: int) -> None:
     """A short sample from the trained model (decoders only)."""
     import torch
 
@@ -110,7 +123,13 @@ def _print_sample(model_dir: Path) -> None:
     tokenizer = load_tokenizer(model_dir)
     with torch.inference_mode():
         result = model.generate(
-            "\n", tokenizer=tokenizer, max_new_tokens=200, temperature=0.8, top_k=50, seed=0
+            "\n",
+            tokenizer=tokenizer,
+            max_new_tokens=n_tokens,
+            temperature=0.8,
+            top_k=50,
+            seed=0,
+            overflow="slide",  # samples longer than the context, as nanoGPT's
         )
     console.rule("sample (temperature 0.8, top-k 50)")
     console.print(result.texts[0], highlight=False, markup=False)

@@ -63,7 +63,19 @@ def find_tokenizer(model_dir: Path, run: str | Path | None = None) -> TextTokeni
 def load_for_generation(
     run: str | Path, *, need_tokenizer: bool = True
 ) -> tuple[BaseTransformer, TextTokenizer | None, Path]:
-    """Model (eval mode), its tokenizer (None when not needed and not found) and its directory."""
+    """Model (eval mode), its tokenizer (None when not needed and not found) and where it is.
+
+    `run` is a model or training-run directory, a ``.gguf`` file, or the name of a real
+    model (``smollm2``, ``minilm``: see `lmscope.real_models`).
+    """
+    from lmscope.io.gguf import is_gguf
+    from lmscope.real_models import is_real_model, load_with_tokenizer
+
+    if is_real_model(str(run)) or is_gguf(Path(run)):
+        loaded = load_with_tokenizer(run)
+        if loaded.tokenizer is None and need_tokenizer:
+            raise LmscopeError(f"{loaded.path} carries no tokenizer; give token ids instead.")
+        return loaded.model.eval(), loaded.tokenizer, loaded.path
     model_dir = find_model_dir(run)
     model = load(model_dir)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -26,6 +26,7 @@ from lmscope.generate.text import TextStream, TextTokenizer
 from lmscope.model.base import BaseTransformer
 
 FinishReason = Literal["length", "eos", "stop"]
+Overflow = Literal["error", "slide"]
 #: Logits of the next token given the token each row just chose.
 StepFn = Callable[[Int[Tensor, " batch"]], Float[Tensor, "batch vocab"]]
 
@@ -78,6 +79,7 @@ def generate(
     num_samples: int = 1,
     attention_mask: Tensor | None = None,
     stream: Callable[[StreamEvent], None] | None = None,
+    overflow: Overflow = "error",
 ) -> GenerationResult:
     """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -95,6 +97,11 @@ def generate(
     `max_new_tokens`. `num_samples` continuations are generated per prompt. `stream` is
     called after every step with a `StreamEvent`. The model runs in eval mode and under
     ``torch.inference_mode`` (its previous mode is restored).
+
+    `overflow` says what happens when prompt + new tokens outgrow the model's context
+    (``max_seq_len``): "error" refuses up front; "slide" (decoder-only models) keeps going
+    the way nanoGPT samples: prompts are cut to their last ``max_seq_len`` tokens and,
+    whenever the context is full, the cache is rebuilt from the last half of it.
     """
     cfg = model.cfg
     if cfg.architecture == "encoder" or not cfg.is_causal:
@@ -113,6 +120,8 @@ def generate(
     stops = _stop_strings(stop, tokenizer)
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens={max_new_tokens} must be >= 1.")
+    if overflow not in ("error", "slide"):
+        raise GenerationError(f"overflow={overflow!r}: choose 'error' or 'slide'.")
     if num_samples < 1:
         raise GenerationError(f"num_samples={num_samples} must be >= 1.")
 
@@ -125,7 +134,14 @@ def generate(
     start_id = pad_id if decoder_start_token_id is None else decoder_start_token_id
     if seq2seq:
         _check_id("decoder_start_token_id", start_id, cfg.vocab_size)
-    _check_lengths(rows, max_new_tokens, cfg.max_seq_len, seq2seq)
+    slide = overflow == "slide"
+    if slide and seq2seq:
+        raise GenerationError(
+            "overflow='slide' is for decoder-only models; an encoder-decoder's source and "
+            "output must each fit its context."
+        )
+    if not slide:
+        _check_lengths(rows, max_new_tokens, cfg.max_seq_len, seq2seq)
 
     device = model.device
     generator = None
@@ -141,6 +157,10 @@ def generate(
             decoder_start = torch.full((len(rows), 1), start_id, dtype=torch.long, device=device)
             logits, step = _seq2seq_steps(model, tokens, mask, decoder_start, max_new_tokens)
             seen = seen_mask(decoder_start, cfg.vocab_size, None)
+        elif slide:
+            logits, step = _sliding_steps(model, rows, pad_id, max_new_tokens)
+            tokens, mask = left_pad(rows, pad_id, device)
+            valid = mask.bool() if mask is not None else None
         else:
             logits, step = _decoder_steps(model, tokens, mask, max_new_tokens)
             valid = mask.bool() if mask is not None else None
@@ -181,6 +201,45 @@ def _decoder_steps(
         return model(chosen[:, None], kv_cache=cache)[:, -1]
 
     return first, step
+
+
+def _sliding_steps(
+    model: BaseTransformer,
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    max_new_tokens: int,
+) -> tuple[Float[Tensor, "batch vocab"], StepFn]:
+    """Like `_decoder_steps`, but the context slides instead of overflowing.
+
+    The model only ever sees the last ``max_seq_len`` tokens of each row. When the cache
+    is full it is rebuilt by a fresh prefill of each row's last ``max_seq_len // 2``
+    tokens, so positions restart from 0 (as nanoGPT's sampler crops its input); half a
+    context of slack keeps these rebuilds rare. The rows of a batch share the cache, so
+    they slide together, when the longest fills the context: a shorter row's
+    continuation then differs from what it would be alone.
+    """
+    context = model.cfg.max_seq_len
+    keep = max(1, context // 2)
+    history = [list(row[-context:]) for row in rows]
+    device = model.device
+    state: dict[str, Any] = {}
+
+    def prefill(window: list[list[int]]) -> Float[Tensor, "batch vocab"]:
+        tokens, mask = left_pad(window, pad_id, device)
+        room = min(context, tokens.shape[1] + max_new_tokens)
+        state["cache"] = model.make_cache(tokens.shape[0], room)
+        state["used"], state["room"] = tokens.shape[1], room
+        return model(tokens, attention_mask=mask, kv_cache=state["cache"])[:, -1]
+
+    def step(chosen: Int[Tensor, " batch"]) -> Float[Tensor, "batch vocab"]:
+        for row, token in zip(history, chosen.tolist(), strict=True):
+            row.append(token)
+        if state["used"] >= state["room"]:
+            return prefill([row[-keep:] for row in history])
+        state["used"] += 1
+        return model(chosen[:, None], kv_cache=state["cache"])[:, -1]
+
+    return prefill(history), step
 
 
 def _seq2seq_steps(

@@ -56,7 +56,12 @@ class TrainConfig:
     grad_accum: int = _f(1, "Micro-batches per optimizer step (batch_size is split).")
     max_steps: int | None = _f(2000, "Stop after this many optimizer steps.")
     max_tokens: int | None = _f(None, "Stop after this many training tokens.")
-    max_minutes: float | None = _f(None, "Stop after this much wall time (minutes).")
+    max_minutes: float | None = _f(
+        None, "Stop after this much training time (minutes; evaluation not counted)."
+    )
+    stop_at_val_loss: float | None = _f(
+        None, "Stop at the first evaluation whose val loss is at or below this (time to loss)."
+    )
     lr: float = _f(1e-3, "Peak learning rate.")
     min_lr: float | None = _f(None, "Final learning rate of the cosine decay (default lr / 10).")
     warmup_steps: int = _f(100, "Linear warm-up steps from 0 to lr.")

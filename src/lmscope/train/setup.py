@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = frozenset(
         "max_steps",
         "max_tokens",
         "max_minutes",
+        "stop_at_val_loss",
         "eval_every",
         "eval_batches",
         "log_every",

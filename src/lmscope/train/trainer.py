@@ -230,13 +230,20 @@ class Trainer:
             (c.max_steps is not None and self.step >= c.max_steps)
             or (c.max_tokens is not None and self.tokens >= c.max_tokens)
             or (c.max_minutes is not None and self.elapsed >= 60 * c.max_minutes)
+            or (
+                c.stop_at_val_loss is not None
+                and self.last_val is not None
+                and self.last_val <= c.stop_at_val_loss
+            )
         )
 
     def _eval_and_checkpoint(self) -> None:
         self.last_val = self.evaluate()
         if self.best_val is None or self.last_val < self.best_val:
             self.best_val = self.last_val
-        self.log.write(step=self.step, val_loss=self.last_val, tokens=self.tokens)
+        self.log.write(
+            step=self.step, val_loss=self.last_val, tokens=self.tokens, elapsed_s=self.elapsed
+        )
         if self.info.is_main:
             plot_losses(self.log.read(), self.run.run_dir / "loss.png", self.run.run_dir.name)
         self.checkpoint(self.last_val)
