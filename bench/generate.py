@@ -22,6 +22,10 @@ processes hits all alike; ratios within a run are the numbers to compare:
   (``x @ W.T`` as ``nn.Linear`` does, or ``x @ W`` with W stored transposed), repeated
   once per token: the floor set by streaming the weights from memory, in each layout.
 - bf16 rows (unless ``--no-bf16``): both models with bf16 weights, fewer rounds.
+
+``--profile`` adds torch.profiler's per-op self CPU time per token, for both models: of
+the bare decoding forward through each model's own cache (batch 1, one token), and of
+the whole generate call.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import argparse
 import copy
 import importlib.util
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -168,7 +173,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="fp32 rounds (default 5; quick 2)")
     p.add_argument("--bf16-rounds", type=int, default=None, help="bf16 rounds (default 2)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 variants")
-    p.add_argument("--profile", action="store_true", help="print torch.profiler op tables")
+    p.add_argument("--profile", action="store_true", help="profile decode steps of both models")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     args = p.parse_args(argv)
     for key, full, quick in (("new_tokens", 128, 16), ("rounds", 5, 2), ("bf16_rounds", 2, 1)):
@@ -194,13 +199,48 @@ def rows_from(times: dict[str, list[float]], n_new: int, baseline: dict[str, str
     return rows
 
 
-def profile_table(fn: Callable[[], object], rows: int = 12) -> str:
-    """torch.profiler's self-CPU-time table of one call."""
+def profile_ops(
+    fn: Callable[[], object], per: int, rows: int = 14
+) -> tuple[str, list[dict[str, Any]]]:
+    """torch.profiler's self-CPU-time table of one call of `fn`, and its top ops per unit
+    (`fn` does `per` units of work: ms and calls are divided by it)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops = [
+        {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3 / per, "calls": e.count / per}
+        for e in events
+    ]
+    total = sum(op["self_cpu_ms"] for op in ops)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return f"{table}\nself CPU per token: {total:.1f} ms", ops[:rows]
+
+
+def decode_steps(
+    hf: nn.Module, ours: BaseTransformer, prompt: Tensor, n_steps: int
+) -> dict[str, Callable[[], None]]:
+    """`n_steps` decoding forwards (batch 1, one token each) of each model through its own
+    cache, after its prefill: the model's per-token cost, without any generation loop."""
+    from transformers import DynamicCache
+
+    cache = ours.make_cache(1, prompt.shape[1] + 2 * n_steps)
+    ours(prompt, kv_cache=cache)
+    past = DynamicCache()
+    hf(input_ids=prompt, past_key_values=past, use_cache=True)
+    token = prompt[:, -1:]
+
+    def lmscope_steps() -> None:
+        for _ in range(n_steps):
+            ours(token, kv_cache=cache)
+
+    def hf_steps() -> None:
+        for _ in range(n_steps):
+            hf(input_ids=token, past_key_values=past, use_cache=True)
+
+    lmscope_steps(), hf_steps()  # warm-up (also grows both caches alike)
+    return {"lmscope": lmscope_steps, "hf": hf_steps}
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -269,13 +309,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             baseline |= dict.fromkeys(bf16_times, "hf bf16")
 
         if args.profile:
+            # Per token: the bare decoding forward of each model, then the whole
+            # generate call (prefill and generation machinery included).
             short = max(4, n_new // 4)
-            for name, fn in (
-                ("lmscope", lambda: lmscope_generate(ours, prompt, short)),
-                ("hf", lambda: hf_generate(hf, prompt, short)),
-            ):
-                log(f"profile: {name} fp32, {short} new tokens")
-                log(profile_table(fn))
+            jobs = {
+                f"{k} decode step": (fn, short)
+                for k, fn in decode_steps(hf, ours, prompt, short).items()
+            }
+            jobs["lmscope generate"] = (lambda: lmscope_generate(ours, prompt, short), short)
+            jobs["hf generate"] = (lambda: hf_generate(hf, prompt, short), short)
+            results["profile"] = {}
+            for name, (fn, per) in jobs.items():
+                table, ops = profile_ops(fn, per)
+                results["profile"][name] = ops
+                log(f"profile: {name}, fp32, {per} tokens (ms and calls per token below)")
+                log(table)
 
     rows = rows_from(times, n_new, baseline)
     results["variants"] = rows
@@ -284,7 +332,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         rows["lmscope fp32"]["ms_per_token"] - rows["lmscope raw loop fp32"]["ms_per_token"]
     )
     results["target_met"] = results["ratio_to_hf_fp32"] >= TARGET_RATIO_TO_HF
-    machine["load_avg_end"] = __import__("os").getloadavg()[0]
+    machine["load_avg_end"] = os.getloadavg()[0]
     log("")
     log(markdown_table(rows))
     log("")

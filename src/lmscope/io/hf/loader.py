@@ -7,14 +7,19 @@ Steps, each able to fail with a message that names the problem:
    family's rules for that config: every missing, mis-shaped or unknown tensor is listed
    in one error before anything is read.
 3. The model is built on the meta device (no memory, no random init), and each lmscope
-   tensor is made from its sources (read lazily, converted, cast to the target dtype on
-   the target device) and assigned; then the RoPE / ALiBi buffers are computed.
+   tensor is made from its sources and assigned; then the RoPE / ALiBi buffers are
+   computed. A tensor that is its sources' rows in order (a renamed tensor, fused q/k/v
+   or gate/up rows: `Rule.rows`) and needs no cast is read from the file straight into
+   its final memory, the only copy made; the others are read through a memory map,
+   converted and cast (`_materialise`). Either way the result owns fresh, 64-byte
+   aligned memory, so peak memory is the model plus one tensor group at most.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +87,38 @@ def load_hf(
     check_checkpoint(family, cfg, model, rules, full, reader)
     target = dtype or reader.main_dtype()
     where = torch.device(device) if device is not None else torch.device("cpu")
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    tensors: dict[str, Tensor] = {}
     try:
-        for rule in rules:
-            with reader.open([full[s] for s in rule.sources]) as views:
-                tensor = _materialise(rule.join(views), views, target, where)
-            _assign(model, rule.target, tensor)
+        with ThreadPoolExecutor(max_workers=read_threads()) as pool:
+            reads = []
+            for rule in rules:
+                names = [full[s] for s in rule.sources]
+                if rule.rows and where.type == "cpu" and reader.can_read_into(names, target):
+                    tensor = torch.empty(shapes[rule.target], dtype=target)
+                    reads.append(pool.submit(reader.read_into, names, tensor))
+                else:
+                    with reader.open(names) as views:
+                        tensor = _materialise(rule.join(views), views, target, where)
+                tensors[rule.target] = tensor
+            for read in reads:
+                read.result()  # raises what the read raised
     finally:
         reader.close()
+    for name, tensor in tensors.items():
+        _assign(model, name, tensor)
     model.init_buffers()
     return model.eval()
+
+
+def read_threads() -> int:
+    """Threads that read tensors into fresh memory at once: torch's thread count, at most 8.
+
+    Copying from the page cache is cheap; faulting in the fresh pages that receive the
+    bytes is not, and the kernel serves the faults of different threads in parallel (on
+    the 2-vCPU benchmark machine, two readers fill 2 GB ~1.4x faster than one).
+    """
+    return max(1, min(torch.get_num_threads(), 8))
 
 
 def check_checkpoint(

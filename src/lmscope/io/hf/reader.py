@@ -5,13 +5,19 @@ Formats, in the order they are looked for: ``model.safetensors``; sharded safete
 its sharded index, read with ``torch.load(weights_only=True, mmap=True)`` (no arbitrary
 unpickling, ever).
 
-Safetensors files are opened once per group of tensors read, not once per load.
-safetensors memory-maps the file and hands out views into the mapping; the pages a view
-touches stay resident (and count in the process's RSS) for as long as the mapping
-lives. Closing the file after each group unmaps the pages that were copied out, so
-loading holds the model plus one tensor's source bytes, not the model twice.
-``pytorch_model.bin`` has no such per-tensor access (one mapping for the whole file):
-it can peak at twice the weights; convert such checkpoints to safetensors once.
+A safetensors file is a JSON header (each tensor's dtype, shape and byte range) followed
+by the raw bytes. Two ways to get a tensor out:
+
+- `read_into`: the bytes go with plain ``read`` calls straight into memory the loader
+  allocated for the final tensor (the only copy: nothing of the file is mapped into the
+  process, so its pages never count in RSS). Used whenever no arithmetic is needed.
+- `open`: safetensors memory-maps the file and hands out views into the mapping, for
+  tensors that must be transposed, regrouped or cast. The pages a view touches stay
+  resident (and count in RSS) while the mapping lives, so a file is opened per group of
+  tensors and closed after it: loading holds the model plus one group's source bytes.
+
+``pytorch_model.bin`` has no per-tensor access (one mapping for the whole file): it
+can peak at twice the weights; convert such checkpoints to safetensors once.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class CheckpointReader:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, torch.dtype] = {}
         self._bin: dict[str, Tensor] = {}
+        #: Tensor name -> (first, end) absolute byte offsets in its safetensors file.
+        self._spans: dict[str, tuple[int, int]] = {}
         found = next((n for n in WEIGHT_FILES if (self.directory / n).is_file()), None)
         if found is None:
             raise CheckpointError(
@@ -104,6 +112,15 @@ class CheckpointReader:
                     self._shapes[name] = tuple(view.get_shape())
                     self._dtypes[name] = DTYPES.get(view.get_dtype(), torch.float32)
                     self.files[name] = path
+            # safe_open has checked the header; its byte ranges are what `read_into` needs.
+            with open(path, "rb") as raw:
+                size = int.from_bytes(raw.read(8), "little")
+                header = json.loads(raw.read(size))
+            for name, entry in header.items():
+                # Types torch has no dtype for (float8...) are left to safetensors' own path.
+                if name != "__metadata__" and entry["dtype"] in DTYPES:
+                    first, end = entry["data_offsets"]
+                    self._spans[name] = (8 + size + first, 8 + size + end)
         except Exception as exc:  # safetensors raises its own types for corrupt files
             raise CheckpointError(
                 f"cannot read {path} as safetensors ({exc}); the file is truncated or "
@@ -170,9 +187,45 @@ class CheckpointReader:
                     ) from exc
             yield views
 
+    def can_read_into(self, names: list[str], dtype: torch.dtype) -> bool:
+        """Whether `read_into` can fill a `dtype` tensor with `names` (safetensors, same dtype)."""
+        return all(n in self._spans and self._dtypes[n] == dtype for n in names)
+
+    def read_into(self, names: list[str], out: Tensor) -> None:
+        """Read the bytes of tensors `names`, one after another, into `out`.
+
+        `out` is a contiguous CPU tensor of their dtype holding exactly their elements
+        (rows stacked in order). Its memory is written by ``read`` itself: one copy from
+        the page cache, no temporary, no mapping. Safe to call from several threads at
+        once (each call opens its own file objects; ``read`` releases the GIL).
+        """
+        buffer = memoryview(out.detach().reshape(-1).view(torch.uint8).numpy())
+        position = 0
+        for name in names:
+            first, end = self._spans[name]
+            _read(self.files[name], first, buffer[position : position + end - first])
+            position += end - first
+        if position != len(buffer):
+            raise ValueError(f"{names} hold {position} bytes; the target has {len(buffer)}")
+
     def close(self) -> None:
         """Drop the mapping of a ``pytorch_model.bin`` (safetensors files are closed already)."""
         self._bin.clear()
+
+
+def _read(path: Path, offset: int, into: memoryview) -> None:
+    """Fill `into` with the bytes of `path` from `offset` on."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        done = 0
+        while done < len(into):  # one read returns at most ~2 GiB on Linux
+            n = f.readinto(into[done:])
+            if not n:
+                raise CheckpointError(
+                    f"{path} ends {len(into) - done} bytes early, inside a tensor its header "
+                    "lists: the file is truncated or corrupt. Download or write it again."
+                )
+            done += n
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -9,6 +9,10 @@ the two directions consistent, and the tests round-trip every rule.
 ``split`` also gives the shapes a checkpoint must have: applied to a meta tensor of the
 target's shape it returns meta tensors of the sources' shapes, so a checkpoint is
 checked against the config before a byte of it is read.
+
+``rows`` marks the rules whose target is just the sources' bytes one after another
+(`same`, and `stacked` along dim 0): the loader reads those straight from the file into
+the target's memory, with no temporary (see `loader`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class Rule:
     sources: tuple[str, ...]
     join: Join
     split: Split
+    #: The target is the sources' rows in order (their bytes, concatenated): no math.
+    rows: bool = False
 
     def expected_shapes(self, target_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """Shapes the sources must have for a target of `target_shape`."""
@@ -40,7 +46,7 @@ class Rule:
 
 def same(target: str, source: str) -> Rule:
     """The tensor under another name."""
-    return Rule(target, (source,), lambda ts: ts[0], lambda t: [t])
+    return Rule(target, (source,), lambda ts: ts[0], lambda t: [t], rows=True)
 
 
 def transposed(target: str, source: str) -> Rule:
@@ -56,6 +62,7 @@ def stacked(target: str, sources: Sequence[str], sizes: Sequence[int], dim: int 
         tuple(sources),
         lambda ts: torch.cat(ts, dim=dim),
         lambda t: list(t.split(sizes, dim=dim)),
+        rows=dim == 0,
     )
 
 

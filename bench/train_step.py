@@ -1,0 +1,543 @@
+"""Training-step time of the ``shakespeare-char`` preset against Hugging Face's GPT-2 and
+litgpt's GPT of the same shape (issue: training and generation).
+
+Usage::
+
+    python bench/train_step.py [--quick] [--batch 64] [--seq 256] [--rounds 5]
+                               [--no-bf16] [--compile] [--no-memory] [--profile]
+                               [--json out.json]
+
+One step = ``zero_grad(set_to_none=True)``, forward on a fixed random batch, mean
+cross-entropy, backward, ``torch.optim.AdamW.step()``. Every implementation gets its
+optimizer from lmscope's own builder (`lmscope.train.optim.make_optimizer`: decay on
+matrices only, lr 1e-3, betas (0.9, 0.99), weight decay 0.1, torch's default
+for-each/fused choice), so the optimizers are the same.
+
+Implementations (6 layers, 6 heads, d_model 384, d_mlp 1536, context 256, vocab 65,
+exact GELU, pre-norm LayerNorm, tied head, dropout 0; the preset's dropout is 0.2):
+- ``lmscope``: ``build_model("shakespeare-char")`` (no biases, as nanoGPT's baby GPT).
+- ``hf``: ``GPT2LMHeadModel`` with SDPA attention. GPT-2 always has biases (+25,728
+  parameters, 0.24%); it starts from lmscope's weights with zero biases, so its logits
+  must equal ours (checked in the same run).
+- ``litgpt``: ``litgpt.GPT`` (skipped, with a note, when litgpt is not installed). It
+  has no learned positions: RoPE on every head dim instead (-98,304 parameters), and its
+  LayerNorms always have biases (+4,992). Otherwise lmscope's weights are copied in and
+  its head is tied to the embedding by assignment (litgpt never ties).
+
+Variants, each a group run round-robin (the first one rotates every round), warm-up
+excluded: fp32 eager (the target: lmscope at least as fast as both), bf16 autocast (at
+``--bf16-batch``, since this CPU has no bf16 units), and with ``--compile``
+``torch.compile`` of each model (default mode; the optimizer step stays eager; the first
+step, compilation included, is reported separately; it adds ~5 minutes here, hence
+opt-in). Besides the ratio of medians, each round's paired ratio (other / lmscope, run
+back to back) is kept and its median reported: it is less sensitive to slow load drift.
+
+Peak memory is the high-water resident size of a fresh subprocess per implementation
+over two fp32 steps, minus its resident size after building model, optimizer and batch
+(Linux only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmscope import ModelConfig, build_model
+from lmscope.model import BaseTransformer
+from lmscope.train.config import TrainConfig
+from lmscope.train.optim import make_optimizer
+
+#: What the issue asks of fp32 eager: other's step time / lmscope's, against both.
+TARGET_SPEEDUP = 1.0
+#: ``--quick``: the preset shrunk for a smoke test (seconds).
+QUICK_SHAPE = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 32}
+IMPLS = ("lmscope", "hf", "litgpt")
+
+#: How an implementation is called: ``call(module, tokens) -> logits [batch, pos, vocab]``;
+#: the module may be the model or its ``torch.compile`` wrapper.
+Call = Callable[[nn.Module, Tensor], Tensor]
+
+
+def _forward_bench() -> Any:
+    """bench/forward.py (machine description, interleaved timing), imported by path."""
+    path = Path(__file__).resolve().parent / "forward.py"
+    spec = importlib.util.spec_from_file_location("bench_forward", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def have_litgpt() -> bool:
+    """Whether litgpt can be imported (it is an optional benchmark dependency)."""
+    return importlib.util.find_spec("litgpt") is not None
+
+
+# --- models ----------------------------------------------------------------------------
+def model_config(quick: bool) -> ModelConfig:
+    """The shakespeare-char preset with dropout 0 (timing), shrunk with `quick`."""
+    cfg = ModelConfig.from_preset("shakespeare-char").replace(dropout=0.0)
+    return cfg.replace(**QUICK_SHAPE) if quick else cfg
+
+
+def call_module(module: nn.Module, tokens: Tensor) -> Tensor:
+    """Logits of lmscope and litgpt models: ``module(tokens)``."""
+    return module(tokens)
+
+
+def call_hf(module: nn.Module, tokens: Tensor) -> Tensor:
+    """Logits of a Hugging Face model: a plain forward, no KV cache."""
+    return module(input_ids=tokens, use_cache=False).logits
+
+
+def build_hf(cfg: ModelConfig, source: BaseTransformer) -> nn.Module:
+    """GPT2LMHeadModel of the same shape holding `source`'s weights (zero biases)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.max_seq_len,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.mlp_dim,
+        activation_function="gelu",  # the preset's exact GELU (GPT-2's default is tanh)
+        layer_norm_epsilon=cfg.norm_eps,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        attn_implementation="sdpa",
+    )
+    model = GPT2LMHeadModel(hf_cfg)
+    ours = source.state_dict()
+    theirs = {"transformer.wte.weight": ours["embed.weight"]}
+    theirs["transformer.wpe.weight"] = ours["pos_embed.weight"]
+    theirs["transformer.ln_f.weight"] = ours["ln_final.weight"]
+    names = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out"}
+    names |= {"mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
+    for i in range(cfg.n_layers):
+        theirs[f"transformer.h.{i}.ln_1.weight"] = ours[f"blocks.{i}.ln1.weight"]
+        theirs[f"transformer.h.{i}.ln_2.weight"] = ours[f"blocks.{i}.ln2.weight"]
+        for hf_name, our_name in names.items():  # Conv1D stores [in, out]
+            theirs[f"transformer.h.{i}.{hf_name}.weight"] = ours[
+                f"blocks.{i}.{our_name}.weight"
+            ].t()
+    _copy_into(model, theirs)
+    return model
+
+
+def build_litgpt(cfg: ModelConfig, source: BaseTransformer) -> nn.Module:
+    """litgpt's GPT of the same shape (RoPE instead of learned positions), tied head."""
+    import litgpt
+
+    lit_cfg = litgpt.Config(
+        name="shakespeare-char",
+        block_size=cfg.max_seq_len,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_embd=cfg.d_model,
+        vocab_size=cfg.vocab_size,
+        padded_vocab_size=cfg.vocab_size,  # litgpt pads to a multiple of 512 by default
+        intermediate_size=cfg.mlp_dim,
+        bias=False,
+        parallel_residual=False,
+        rotary_percentage=1.0,
+        norm_class_name="LayerNorm",
+        norm_eps=cfg.norm_eps,
+        mlp_class_name="GptNeoxMLP",
+        gelu_approximate="none",
+    )
+    model = litgpt.GPT(lit_cfg)
+    model.lm_head.weight = model.transformer.wte.weight  # tie, as the other two
+    ours = source.state_dict()
+    theirs = {"transformer.wte.weight": ours["embed.weight"]}
+    theirs["transformer.ln_f.weight"] = ours["ln_final.weight"]
+    names = {"norm_1": "ln1", "norm_2": "ln2", "attn.qkv": "attn.qkv", "attn.proj": "attn.out"}
+    names |= {"mlp.fc": "mlp.fc_in", "mlp.proj": "mlp.fc_out"}
+    for i in range(cfg.n_layers):
+        for lit_name, our_name in names.items():  # same [Q; K; V] row layout as ours
+            theirs[f"transformer.h.{i}.{lit_name}.weight"] = ours[f"blocks.{i}.{our_name}.weight"]
+    _copy_into(model, theirs)
+    return model
+
+
+def _copy_into(model: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Copy `weights` into `model`; every other parameter (biases) becomes zero."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in weights:
+                param.copy_(weights[name])
+            else:
+                param.zero_()
+
+
+def build(impl: str, cfg: ModelConfig) -> tuple[nn.Module, Call]:
+    """Model `impl` in training mode, starting from lmscope's seed-0 weights."""
+    ours = build_model(cfg, seed=0)
+    if impl == "hf":
+        return build_hf(cfg, ours).train(), call_hf
+    if impl == "litgpt":
+        return build_litgpt(cfg, ours).train(), call_module
+    return ours.train(), call_module
+
+
+def n_params(model: nn.Module) -> int:
+    """Parameters, shared (tied) tensors counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- one training step -----------------------------------------------------------------
+def make_step(
+    model: nn.Module,
+    call: Call,
+    tokens: Tensor,
+    targets: Tensor,
+    autocast: bool = False,
+    runner: nn.Module | None = None,
+) -> Callable[[], Tensor]:
+    """One optimizer step of `model` on the fixed batch; returns the loss (detached).
+
+    The forward runs through `runner` (a compiled wrapper of `model`) when given. A new
+    optimizer each time: its first step allocates AdamW's state (part of the warm-up).
+    """
+    optimizer = make_optimizer(model, TrainConfig())
+    module = model if runner is None else runner
+
+    def step() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
+            logits = call(module, tokens)
+            flat = logits.reshape(-1, logits.shape[-1]).float()
+            loss = F.cross_entropy(flat, targets.reshape(-1))
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def fixed_batch(batch: int, seq: int, vocab: int) -> tuple[Tensor, Tensor]:
+    """Random tokens [batch, seq] and their next-token targets (seed 0)."""
+    gen = torch.Generator().manual_seed(0)
+    window = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
+    return window[:, :-1], window[:, 1:]
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now; VmHWM: its peak), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # the file gives kB
+    raise RuntimeError(f"{field} is not in /proc/self/status (Linux only)")
+
+
+def memory_child(impl: str, quick: bool, batch: int, seq: int, steps: int) -> dict[str, Any]:
+    """Peak RSS of `steps` fp32 steps of `impl` (run in a fresh process).
+
+    The peak (VmHWM) is reset after building model, optimizer and batch (writing 5 to
+    /proc/self/clear_refs), so import- and build-time peaks do not count; ``ru_maxrss``
+    is no use here, since a child inherits its parent's high-water mark across fork/exec.
+    """
+    cfg = model_config(quick)
+    model, call = build(impl, cfg)
+    tokens, targets = fixed_batch(batch, seq, cfg.vocab_size)
+    step = make_step(model, call, tokens, targets)
+    base = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    peaks = []
+    for _ in range(steps):
+        step()
+        peaks.append(_status_mb("VmHWM"))
+    return {
+        "impl": impl,
+        "base_rss_mb": base,
+        "peak_rss_mb": peaks[-1],
+        "training_peak_mb": peaks[-1] - base,
+        "peak_after_each_step_mb": peaks,
+        "steps": steps,
+    }
+
+
+# --- the benchmark ---------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shape: a smoke test in seconds")
+    p.add_argument("--batch", type=int, default=None, help="fp32 batch (default 64; quick 2)")
+    p.add_argument("--seq", type=int, default=None, help="tokens per row (default 256; quick 32)")
+    p.add_argument("--rounds", type=int, default=None, help="fp32 timed rounds (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before each group")
+    p.add_argument("--bf16-batch", type=int, default=None, help="bf16 batch (default 2)")
+    p.add_argument("--bf16-rounds", type=int, default=None, help="bf16 timed rounds (default 3)")
+    p.add_argument("--compile-rounds", type=int, default=None, help="compiled rounds (3)")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast group")
+    p.add_argument("--compile", action="store_true", help="add the torch.compile group")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-steps", type=int, default=2, help="steps per memory subprocess")
+    p.add_argument("--profile", action="store_true", help="profile one fp32 step of each")
+    p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--memory-child", choices=IMPLS, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    defaults = {
+        "batch": (64, 2),
+        "seq": (256, 32),
+        "rounds": (5, 2),
+        "bf16_batch": (2, 2),
+        "bf16_rounds": (3, 1),
+        "compile_rounds": (3, 1),
+    }
+    for key, (full, quick) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    return args
+
+
+def timed_group(
+    fwd: Any, steps: dict[str, Callable[[], Tensor]], rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per step of each variant, round-robin after `warmup` untimed steps each."""
+    return fwd.interleaved(steps, rounds, warmup=warmup)
+
+
+def compile_group(
+    models: dict[str, tuple[nn.Module, Call]], tokens: Tensor, targets: Tensor
+) -> tuple[dict[str, Callable[[], Tensor]], dict[str, float], dict[str, str]]:
+    """``torch.compile`` every model the same way (default mode); time each first step.
+
+    Returns the compiled steps, the first-step seconds (compilation of forward and
+    backward included) and the error of any implementation that failed to compile.
+    """
+    steps, first, errors = {}, {}, {}
+    for impl, (model, call) in models.items():
+        try:
+            step = make_step(model, call, tokens, targets, runner=torch.compile(model))
+            start = time.perf_counter()
+            step()
+            first[impl] = time.perf_counter() - start
+            steps[f"{impl} compiled"] = step
+        except Exception as exc:  # report and go on: one failure must not hide the others
+            errors[impl] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    return steps, first, errors
+
+
+def profile_step(step: Callable[[], Tensor], top: int = 15) -> tuple[str, list[dict[str, Any]]]:
+    """torch.profiler's self-CPU-time table of one step, and its top ops as data."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    averages = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops = [
+        {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
+        for e in averages[:top]
+    ]
+    total_ms = sum(e.self_cpu_time_total for e in averages) / 1e3
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    return table + f"\ntotal self CPU: {total_ms:.0f} ms", ops
+
+
+def measure_memory(impl: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run `memory_child` in a fresh interpreter (its own peak RSS) and parse its result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", impl]
+    cmd += ["--batch", str(args.batch), "--seq", str(args.seq)]
+    cmd += ["--memory-steps", str(args.memory_steps)] + (["--quick"] if args.quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    if out.returncode != 0:
+        return {"impl": impl, "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(
+    times: dict[str, list[float]], tokens: dict[str, int], flops_per_token: int
+) -> dict[str, dict[str, Any]]:
+    """Median, tokens/s, model GFLOP/s and other / lmscope step time within each mode."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, ts in times.items():
+        impl, mode = name.split(" ", 1)
+        median = statistics.median(ts)
+        rows[name] = {
+            "impl": impl,
+            "mode": mode,
+            "median_s": median,
+            "times_s": ts,
+            "tokens": tokens[name],
+            "tokens_per_s": tokens[name] / median,
+            # forward + backward = 3 forwards (PaLM / nanoGPT convention), lmscope's count
+            "gflops": 3 * flops_per_token * tokens[name] / median / 1e9,
+        }
+    for row in rows.values():
+        ours = rows.get(f"lmscope {row['mode']}")
+        row["time_over_lmscope"] = row["median_s"] / ours["median_s"] if ours else None
+        # Round r of every variant ran back to back: the median of the per-round ratios.
+        row["paired_time_over_lmscope"] = (
+            statistics.median(t / o for t, o in zip(row["times_s"], ours["times_s"], strict=True))
+            if ours
+            else None
+        )
+    return rows
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole benchmark; returns every number measured."""
+    fwd = _forward_bench()
+    machine = fwd.machine_info()
+    impls = [i for i in IMPLS if i != "litgpt" or have_litgpt()]
+    if have_litgpt():
+        machine["litgpt"] = importlib.metadata.version("litgpt")
+    log(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, avx512f={machine['avx512f']} "
+        f"avx512_bf16={machine['avx512_bf16']}; torch {machine['torch']}, "
+        f"{machine['threads']} threads, transformers {machine['transformers']}, litgpt "
+        f"{machine.get('litgpt', 'not installed')}; load avg {machine['load_avg_start']:.2f}"
+    )
+    results: dict[str, Any] = {"machine": machine, "args": vars(args) | {"json": str(args.json)}}
+    if "litgpt" not in impls:
+        results["litgpt_note"] = (
+            "litgpt is not installed: its rows are skipped (pip install --no-deps litgpt "
+            "lightning lightning-utilities torchmetrics)"
+        )
+        log(results["litgpt_note"])
+    cfg = model_config(args.quick)
+    models = {impl: build(impl, cfg) for impl in impls}
+    tokens, targets = fixed_batch(args.batch, args.seq, cfg.vocab_size)
+    results["params"] = {impl: n_params(m) for impl, (m, _) in models.items()}
+    ours = models["lmscope"][0]
+    assert isinstance(ours, BaseTransformer)
+    flops = ours.flops_per_token(args.seq)
+    results["flops_per_token_forward"] = flops
+
+    # Same weights: HF must compute our logits (zero biases); initial losses of all three.
+    with torch.no_grad():
+        sample = tokens[:2]
+        logits = {impl: call(m, sample) for impl, (m, call) in models.items()}
+        results["hf_vs_lmscope_logits_max_abs_diff"] = (
+            (logits["hf"] - logits["lmscope"]).abs().max().item()
+        )
+        results["initial_loss"] = {
+            impl: F.cross_entropy(lg.reshape(-1, lg.shape[-1]), targets[:2].reshape(-1)).item()
+            for impl, lg in logits.items()
+        }
+    log(
+        f"params: {results['params']}; HF vs lmscope logits max abs diff "
+        f"{results['hf_vs_lmscope_logits_max_abs_diff']:.2e} (same weights); initial loss "
+        + ", ".join(f"{k} {v:.4f}" for k, v in results["initial_loss"].items())
+    )
+
+    n_tok = args.batch * args.seq
+    log(f"fp32: batch {args.batch} x {args.seq}, {args.warmup} warm-up + {args.rounds} rounds")
+    steps = {f"{i} fp32": make_step(m, c, tokens, targets) for i, (m, c) in models.items()}
+    times = timed_group(fwd, steps, args.rounds, args.warmup)
+    n_tokens = dict.fromkeys(times, n_tok)
+    del steps  # frees the AdamW states of this group
+
+    if args.profile:
+        results["profile"] = {}
+        for impl, (model, call) in models.items():
+            table, ops = profile_step(make_step(model, call, tokens, targets))
+            results["profile"][impl] = ops
+            log(f"profile: one fp32 step of {impl} (second step of a fresh optimizer)\n{table}")
+
+    if args.compile:
+        log(f"compiled: {args.warmup} warm-up + {args.compile_rounds} rounds")
+        steps, first, errors = compile_group(models, tokens, targets)
+        results["compile_first_step_s"], results["compile_errors"] = first, errors
+        log(f"compile: first step (compilation included) s: {first}; errors: {errors or 'none'}")
+        compiled = timed_group(fwd, steps, args.compile_rounds, args.warmup)
+        times |= compiled
+        n_tokens |= dict.fromkeys(compiled, n_tok)
+        del steps
+
+    if not args.no_bf16:
+        bf_tok, bf_tgt = tokens[: args.bf16_batch], targets[: args.bf16_batch]
+        log(f"bf16 autocast: batch {args.bf16_batch} x {args.seq}, {args.bf16_rounds} rounds")
+        steps = {
+            f"{i} bf16-autocast": make_step(m, c, bf_tok, bf_tgt, autocast=True)
+            for i, (m, c) in models.items()
+        }
+        bf16 = timed_group(fwd, steps, args.bf16_rounds, args.warmup)
+        times |= bf16
+        n_tokens |= dict.fromkeys(bf16, args.bf16_batch * args.seq)
+        del steps
+
+    rows = summarise(times, n_tokens, flops)
+    results["variants"] = rows
+    others = [i for i in impls if i != "lmscope"]
+    results["time_over_lmscope_fp32"] = {i: rows[f"{i} fp32"]["time_over_lmscope"] for i in others}
+    results["paired_time_over_lmscope_fp32"] = {
+        i: rows[f"{i} fp32"]["paired_time_over_lmscope"] for i in others
+    }
+    results["targets_met"] = {
+        f"{i} time / lmscope time >= {TARGET_SPEEDUP}": r >= TARGET_SPEEDUP
+        for i, r in results["time_over_lmscope_fp32"].items()
+    }
+    if not args.no_memory:
+        del models
+        results["memory"] = {impl: measure_memory(impl, args) for impl in impls}
+        log(f"peak memory (fresh process, {args.memory_steps} fp32 steps each): MB")
+        for impl, mem in results["memory"].items():
+            log(f"  {impl}: {mem}")
+    machine["load_avg_end"] = os.getloadavg()[0]
+    log("")
+    log(markdown_table(rows, args.seq))
+    log("")
+    log(
+        "other / lmscope step time (fp32, medians; paired): "
+        + ", ".join(
+            f"{k} {v:.2f}x; {results['paired_time_over_lmscope_fp32'][k]:.2f}x"
+            for k, v in results["time_over_lmscope_fp32"].items()
+        )
+        + f"; targets met: {results['targets_met']}; load avg "
+        f"{machine['load_avg_start']:.2f} at start, {machine['load_avg_end']:.2f} at end"
+    )
+    return results
+
+
+def markdown_table(rows: dict[str, dict[str, Any]], seq: int) -> str:
+    """The per-variant medians as a markdown table."""
+    lines = [
+        "| variant | batch x seq | median s/step | tokens/s | GFLOP/s | step time / lmscope's "
+        "(medians; paired) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        ratio, paired = row["time_over_lmscope"], row["paired_time_over_lmscope"]
+        text = "-" if ratio is None else f"{ratio:.2f}; {paired:.2f}"
+        lines.append(
+            f"| {name} | {row['tokens'] // seq} x {seq} | {row['median_s']:.3f} | "
+            f"{row['tokens_per_s']:.0f} | {row['gflops']:.1f} | {text} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point: parse `argv`, run, write ``--json`` if asked; returns the results."""
+    args = parse_args(argv)
+    if args.memory_child is not None:
+        child = memory_child(args.memory_child, args.quick, args.batch, args.seq, args.memory_steps)
+        print(json.dumps(child))
+        return child
+    results = run(args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
