@@ -34,3 +34,33 @@ def resolve_config(spec: str) -> ModelConfig:
 def print_json(data: Any) -> None:
     """Print machine-readable JSON (no colours, no wrapping)."""
     print(json.dumps(data, indent=2))
+
+
+def open_model(spec: str, *, seed: int = 0) -> tuple[Any, Any, str]:
+    """Model (eval mode), tokenizer (or None) and a label for any model spec an analysis takes.
+
+    `spec` is a training-run or model directory, a ``.gguf`` file, a real model's name
+    (``smollm2``, ``minilm``) or a preset, which is built with random weights from
+    `seed` (GPT-2's tokenizer comes with the presets of GPT-2's vocabulary size).
+    """
+    import torch
+
+    from lmscope.generate.loading import load_for_generation
+    from lmscope.model import build_model
+    from lmscope.real_models import is_real_model
+    from lmscope.tokenizers.gpt2 import GPT2_VOCAB_SIZE, gpt2_tokenizer
+
+    if spec in PRESETS and not Path(spec).exists():
+        cfg = ModelConfig.from_preset(spec)
+        torch.manual_seed(seed)
+        model = build_model(cfg).eval()
+        tokenizer = gpt2_tokenizer() if cfg.vocab_size == GPT2_VOCAB_SIZE else None
+        return model, tokenizer, f"{spec} (random weights, seed {seed})"
+    if not (is_real_model(spec) or Path(spec).exists()):
+        hint = did_you_mean(spec, [*PRESETS, "smollm2", "minilm"])
+        raise LmscopeError(
+            f"{spec!r} is not a run or model directory, a .gguf file, a real model "
+            f"(smollm2, minilm) or a preset ({', '.join(PRESETS)}). {hint}".strip()
+        )
+    model, tokenizer, path = load_for_generation(spec, need_tokenizer=False)
+    return model.eval(), tokenizer, str(path)
