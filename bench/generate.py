@@ -4,7 +4,7 @@
 Usage::
 
     python bench/generate.py [--quick] [--prompt-len 16] [--new-tokens 128] [--rounds 5]
-                             [--no-bf16] [--profile] [--json out.json]
+                             [--no-bf16] [--profile] [--threads N] [--json out.json]
 
 Batch 1, a fixed random prompt of ``--prompt-len`` tokens, ``--new-tokens`` greedy tokens
 (EOS disabled, so every run makes exactly that many). Both models hold the *same* weights
@@ -25,7 +25,9 @@ processes hits all alike; ratios within a run are the numbers to compare:
 
 ``--profile`` adds torch.profiler's per-op self CPU time per token, for both models: of
 the bare decoding forward through each model's own cache (batch 1, one token), and of
-the whole generate call.
+the whole generate call. ``--threads 1`` runs everything on one thread: on a shared
+2-core machine, every multi-threaded op of a decoding step waits for a second core that
+another process may hold, which costs the many-small-op model (HF) more (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bf16-rounds", type=int, default=None, help="bf16 rounds (default 2)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 variants")
     p.add_argument("--profile", action="store_true", help="profile decode steps of both models")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     args = p.parse_args(argv)
     for key, full, quick in (("new_tokens", 128, 16), ("rounds", 5, 2), ("bf16_rounds", 2, 1)):
@@ -246,6 +249,8 @@ def decode_steps(
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole benchmark; returns every number measured."""
     fwd = _forward_bench()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     machine = fwd.machine_info()
     log(
         f"machine: {machine['cpu']}, {machine['cores']} cores, avx512f={machine['avx512f']} "
