@@ -46,6 +46,10 @@ class BaseTransformer(HookedModule):
         std = self.cfg.init_std
         n_residual_writes = 2 * (self.cfg.n_layers + self.cfg.decoder_layers)
         for name, p in self.named_parameters():
+            if p.is_meta:
+                # Built on the meta device to be loaded into: there are no values to set,
+                # and meta kernels for random init import torch._dynamo (~1.5 s per load).
+                continue
             leaf = name.rsplit(".", 1)[-1]
             module = self.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self
             if module.__class__.__name__ in ("LayerNorm", "RMSNorm"):

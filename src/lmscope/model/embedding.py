@@ -107,3 +107,17 @@ class MLMHead(nn.Module):
         self, x: Float[Tensor, "batch pos d_model"], embed_weight: Tensor
     ) -> Float[Tensor, "batch pos vocab"]:
         return self.unembed(self.ln(self.act(self.dense(x))), embed_weight)
+
+
+def make_token_type_embedding(cfg: ModelConfig) -> nn.Embedding | None:
+    """BERT's segment embedding (``n_token_types`` rows), or None when the config has none.
+
+    Its values are set by the model's ``init_weights`` (or by loading): passing an empty
+    ``_weight`` skips nn.Embedding's own random init, which on the meta device (building
+    a model to load into) would import torch._dynamo for nothing.
+    """
+    if not cfg.n_token_types:
+        return None
+    return nn.Embedding(
+        cfg.n_token_types, cfg.d_model, _weight=torch.empty(cfg.n_token_types, cfg.d_model)
+    )

@@ -20,7 +20,7 @@ from lmscope.config import ModelConfig
 from lmscope.hooks import HookPoint
 from lmscope.model.base import BaseTransformer
 from lmscope.model.block import Block
-from lmscope.model.embedding import TokenEmbedding, Unembed
+from lmscope.model.embedding import TokenEmbedding, Unembed, make_token_type_embedding
 from lmscope.model.kv_cache import KVCache
 from lmscope.model.masking import build_context, build_cross_context, default_positions
 from lmscope.model.norm import make_norm
@@ -34,9 +34,7 @@ class EncoderDecoder(BaseTransformer):
         super().__init__(cfg)
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.d_model)
         self.pos_embed = make_position_embedding(cfg)
-        self.token_type_embed = (
-            nn.Embedding(cfg.n_token_types, cfg.d_model) if cfg.n_token_types else None
-        )
+        self.token_type_embed = make_token_type_embedding(cfg)
         self.ln_embed = make_norm(cfg) if cfg.embedding_norm else nn.Identity()
         self.rotary = make_rotary(cfg)
         self.relative_max = cfg.relative_max_distance if cfg.positional == "relative" else None

@@ -19,7 +19,7 @@ from lmscope.errors import LmscopeError
 from lmscope.hooks import HookPoint
 from lmscope.model.base import BaseTransformer
 from lmscope.model.block import Block
-from lmscope.model.embedding import MLMHead, TokenEmbedding, Unembed
+from lmscope.model.embedding import MLMHead, TokenEmbedding, Unembed, make_token_type_embedding
 from lmscope.model.kv_cache import KVCache
 from lmscope.model.masking import build_context, default_positions
 from lmscope.model.norm import make_norm
@@ -36,9 +36,7 @@ class Transformer(BaseTransformer):
         self.pos_embed = make_position_embedding(cfg)
         if self.pos_embed is not None:
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        self.token_type_embed = (
-            nn.Embedding(cfg.n_token_types, cfg.d_model) if cfg.n_token_types else None
-        )
+        self.token_type_embed = make_token_type_embedding(cfg)
         self.ln_embed = make_norm(cfg) if cfg.embedding_norm else nn.Identity()
         # Attention-level position machinery, shared by all blocks (no per-layer state).
         self.rotary = make_rotary(cfg)

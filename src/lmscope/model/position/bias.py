@@ -33,7 +33,7 @@ def alibi_slopes(n_heads: int) -> Float[Tensor, " head"]:
     else:
         closest = 2 ** math.floor(math.log2(n_heads))
         slopes = geometric(closest) + geometric(2 * closest)[0::2][: n_heads - closest]
-    return torch.tensor(slopes, dtype=torch.float32)
+    return torch.tensor(slopes, dtype=torch.float32, device="cpu")
 
 
 class ALiBi(nn.Module):

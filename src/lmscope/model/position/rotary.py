@@ -46,7 +46,10 @@ def rope_frequencies(
     dim = cfg.rotary_dim
     base = cfg.rope_theta
     factor = cfg.rope_scaling_factor
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    # Explicitly on the CPU: the table is tiny, and under `torch.device("meta")` (building a
+    # model to load into) the maths would go through meta kernels that import torch._dynamo
+    # (~1.5 s). Callers move it where the model lives.
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
     if cfg.rope_scaling == "ntk":
         base = base * factor ** (dim / (dim - 2))
     original = cfg.rope_original_max_seq_len or cfg.max_seq_len
@@ -76,7 +79,9 @@ def _yarn(cfg: ModelConfig, base: float, exponents: Tensor) -> tuple[Tensor, flo
     high = min(math.ceil(correction_dim(cfg.rope_yarn_beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(
+        0, 1
+    )
     extrapolate = 1 - ramp  # 1: keep the original frequency, 0: interpolate fully
     pos_freqs = base**exponents
     inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
