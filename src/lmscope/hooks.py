@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from lmscope.errors import LmscopeError, did_you_mean
+
+if TYPE_CHECKING:
+    from lmscope.cache import ActivationCache
 
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
 #: A hook point's name, or a predicate over names (``lambda name: name.endswith("hook_z")``).
@@ -201,3 +205,48 @@ class HookedModule(nn.Module):
         """
         with self.hooks(fwd_hooks, bwd_hooks):
             return self(*args, **kwargs)
+
+    def run_with_cache(
+        self,
+        *args: Any,
+        names_filter: str | Sequence[str] | Callable[[str], bool] | None = None,
+        device: str | torch.device | None = None,
+        stop_at_layer: int | None = None,
+        with_grad: bool = False,
+        bwd: bool | Callable[[Any], Tensor] = False,
+        remove_batch_dim: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, ActivationCache]:
+        """Call the model and cache activations: ``logits, cache = model.run_with_cache(tokens)``.
+
+        - `names_filter`: which hook points to cache: None (every one except the opt-in
+          ``hook_result``), a name, a list of names, or a predicate on names. Only these
+          are kept, so memory follows what is asked.
+        - `device`: where cached tensors go (e.g. "cpu" for a GPU model).
+        - `stop_at_layer`: run blocks ``[0, n)`` only (negative: from the end) and return
+          the residual stream entering block n instead of logits; later blocks never run.
+        - `with_grad`: build the autograd graph and keep it in the cached tensors (default:
+          run under ``torch.no_grad()``, nothing to backpropagate, nothing extra kept).
+        - `bwd`: also cache the gradients of the chosen activations, as ``name + "_grad"``
+          (implies `with_grad`). True: they arrive when you call ``.backward()`` on
+          something computed from the output; a function ``output -> scalar loss``: that
+          backward is run here.
+        - `remove_batch_dim`: drop the batch dimension of a batch-1 run.
+
+        Other arguments go to the model's forward. Hooks are removed on return, also when
+        the forward raises. See `lmscope.cache.ActivationCache` for lookups and the
+        residual-stream decompositions.
+        """
+        from lmscope.cache import run_with_cache  # the cache machinery lives there
+
+        return run_with_cache(
+            self,
+            *args,
+            names_filter=names_filter,
+            device=device,
+            stop_at_layer=stop_at_layer,
+            with_grad=with_grad,
+            bwd=bwd,
+            remove_batch_dim=remove_batch_dim,
+            **kwargs,
+        )
