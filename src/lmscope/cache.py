@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lmscope.decomposition import ResidualDecomposition
 from lmscope.errors import LmscopeError, did_you_mean
 from lmscope.hooks import HookedModule, HookError, HookHandle, HookPoint
 
@@ -103,7 +104,7 @@ class CacheKeyError(LmscopeError, KeyError):
         return str(self.args[0])
 
 
-class ActivationCache(Mapping[str, Tensor]):
+class ActivationCache(ResidualDecomposition, Mapping[str, Tensor]):
     """Cached activations of one forward pass: hook name -> tensor, with the model.
 
     A read-only mapping (``keys()``, ``items()``, ``len``, ``in``) whose lookups also
