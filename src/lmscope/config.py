@@ -110,6 +110,11 @@ class ModelConfig:
     norm_weight_offset: float = _f(
         0.0, "RMSNorm scales by (offset + weight); Gemma stores weights as w - 1 (offset 1)."
     )
+    norm_affine: bool = _f(
+        True,
+        "Norms learn a scale (and shift); false: they only normalise, as after fold_ln "
+        "(TransformerLens' LNPre / RMSPre).",
+    )
     final_norm: bool | None = _f(
         None, "Norm after the last block (default: true for pre-norm, false for post-norm)."
     )

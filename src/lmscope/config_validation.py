@@ -109,6 +109,12 @@ def validate(c: ModelConfig) -> None:
         c.norm_weight_offset,
         f"only applies to norm='rmsnorm' (norm is {c.norm!r}); use 0.",
     )
+    require(
+        c.norm_affine or c.norm_weight_offset == 0,
+        "norm_weight_offset",
+        c.norm_weight_offset,
+        "offsets the norm's learned weight, and norm_affine=false norms have none; use 0.",
+    )
     if isinstance(c.attention_scale, float | int):
         require(c.attention_scale > 0, "attention_scale", c.attention_scale, "must be > 0.")
     if c.sliding_window is not None:

@@ -17,6 +17,7 @@ import torch
 from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.io.native import load_native
 from lmscope.model.base import BaseTransformer
+from lmscope.model.processing import process_weights as _process_weights
 
 
 def load(
@@ -24,8 +25,24 @@ def load(
     *,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    process_weights: bool = False,
 ) -> BaseTransformer:
-    """Load a model: an lmscope save, a Hugging Face directory, a GGUF file or a shortcut."""
+    """Load a model: an lmscope save, a Hugging Face directory, a GGUF file or a shortcut.
+
+    ``process_weights=True`` applies `lmscope.model.processing.process_weights` (fold the
+    norms, centre the writing weights and the unembedding, fold the value biases), as
+    TransformerLens' ``from_pretrained`` does: same log-probabilities, simpler weights.
+    """
+    model = _load(path, dtype=dtype, device=device)
+    if process_weights:
+        _process_weights(model)
+    return model
+
+
+def _load(
+    path: str | Path, *, dtype: torch.dtype | None, device: str | torch.device | None
+) -> BaseTransformer:
+    """Dispatch on what `path` holds (see the module docstring)."""
     target = Path(path)
     if target.suffix == ".gguf" or (not target.exists() and _is_name(str(path))):
         return _load_gguf_or_named(str(path), dtype=dtype, device=device)

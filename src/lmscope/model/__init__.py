@@ -2,7 +2,8 @@
 
 `embedding` -> `position` -> `norm` -> `attention` (with `masking`, `kv_cache`) ->
 `mlp` / `moe` -> `block` -> `transformer` (decoder-only, encoder-only) /
-`encoder_decoder`. `build_model(cfg)` picks the class for ``cfg.architecture``.
+`encoder_decoder`. `build_model(cfg)` picks the class for ``cfg.architecture``;
+`processing` rewrites a built model's weights (TransformerLens' weight processing).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from lmscope.model.kv_cache import KVCache
 from lmscope.model.mlp import MLP
 from lmscope.model.moe import MoE
 from lmscope.model.norm import LayerNorm, RMSNorm
+from lmscope.model.processing import (
+    center_unembed,
+    center_writing_weights,
+    fold_ln,
+    fold_value_biases,
+    process_weights,
+)
 from lmscope.model.transformer import Transformer
 
 #: Model class of each architecture.
@@ -57,4 +65,9 @@ __all__ = [
     "RMSNorm",
     "Transformer",
     "build_model",
+    "center_unembed",
+    "center_writing_weights",
+    "fold_ln",
+    "fold_value_biases",
+    "process_weights",
 ]

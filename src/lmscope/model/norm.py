@@ -4,6 +4,11 @@
 analyses that linearise the residual stream (direct logit attribution,
 ``apply_ln_to_stack``) need it. Computing it costs extra passes over the activation,
 so LayerNorm takes PyTorch's fused kernel unless something hooks the scale.
+
+With ``affine=False`` (config ``norm_affine: false``) a norm only normalises: no scale,
+no shift. That is what `lmscope.model.processing.fold_ln` leaves behind once it has
+moved the norm's weight and bias into the layers that read it (TransformerLens calls
+these LNPre / RMSPre).
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ from lmscope.hooks import HookPoint
 class LayerNorm(nn.Module):
     """``(x - mean) / sqrt(var + eps) * w + b`` over the last dim (Ba et al., 2016)."""
 
-    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True) -> None:
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+        self.weight = nn.Parameter(torch.ones(d)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(d)) if bias and affine else None
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d]
 
@@ -35,7 +40,9 @@ class LayerNorm(nn.Module):
         x = x - x.mean(-1, keepdim=True)
         # Population variance (divide by N), as every LayerNorm implementation does.
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        out = x / scale * self.weight
+        out = x / scale
+        if self.weight is not None:
+            out = out * self.weight
         if self.bias is not None:
             out = out + self.bias
         return self.hook_normalized(out)
@@ -49,17 +56,21 @@ class RMSNorm(nn.Module):
     by ``1 + w``) the scaling also runs in float32 before the cast, as Gemma does.
     """
 
-    def __init__(self, d: int, eps: float = 1e-6, weight_offset: float = 0.0) -> None:
+    def __init__(
+        self, d: int, eps: float = 1e-6, weight_offset: float = 0.0, affine: bool = True
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.weight_offset = weight_offset
-        self.weight = nn.Parameter(torch.full((d,), 1.0 - weight_offset))
+        self.weight = nn.Parameter(torch.full((d,), 1.0 - weight_offset)) if affine else None
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d]
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
         x32 = x.float()
         scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        if self.weight is None:
+            return self.hook_normalized((x32 / scale).to(x.dtype))
         if self.weight_offset:
             out = (x32 / scale * (self.weight_offset + self.weight.float())).to(x.dtype)
             return self.hook_normalized(out)
@@ -70,7 +81,7 @@ def make_norm(cfg: ModelConfig, d: int | None = None) -> nn.Module:
     """The norm `cfg` asks for, over width `d` (default d_model); identity for 'none'."""
     width = d or cfg.d_model
     if cfg.norm == "layernorm":
-        return LayerNorm(width, cfg.norm_eps, bias=cfg.norm_bias)
+        return LayerNorm(width, cfg.norm_eps, bias=cfg.norm_bias, affine=cfg.norm_affine)
     if cfg.norm == "rmsnorm":
-        return RMSNorm(width, cfg.norm_eps, cfg.norm_weight_offset)
+        return RMSNorm(width, cfg.norm_eps, cfg.norm_weight_offset, affine=cfg.norm_affine)
     return nn.Identity()
