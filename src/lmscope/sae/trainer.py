@@ -1,0 +1,501 @@
+"""The SAE training loop: any iterator of activation batches in, trained SAEs out.
+
+``train_sae(sae, batches, total_steps=20_000, lr=2e-4)`` trains one SAE on an iterable of
+``[n, d_in]`` tensors (``(x, target)`` pairs for a transcoder); ``train_saes({hook: sae},
+dict_batches)`` trains several in one pass over the data, each on its own hook's
+activations (``batch[sae.cfg.hook_name]``, else ``batch[name]``; transcoders also read
+``batch[sae.cfg.hook_name_out]``). The activation store yields exactly these.
+
+Each step, for each SAE: the loss (`SAE.training_loss`) with the sparsity coefficient's
+warm-up factor and the dead-latent mask; backward; for unit-norm decoders the gradient
+component along each row is removed; gradient clipping; Adam; decoder rows renormalised;
+firing statistics updated; dead latents optionally resampled. The first batch sets up
+what depends on data: the input normalisation factor (taken from a source that
+normalises, ``source.scaling_factors``, else estimated when the config asks for one) and
+b_dec at the geometric median.
+
+Exact resume: the learning rate and warm-up are functions of the step; checkpoints hold
+the SAEs, Adam's moments, firing statistics, generator states and the source's
+position (its ``state_dict()`` when it has one; otherwise a fresh iterable is advanced
+past the batches already used). On CPU an interrupted and resumed run reproduces the
+uninterrupted one bit for bit. Ctrl-C stops after the current step with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
+
+from lmscope.sae import metrics
+from lmscope.sae.base import SAE, LossOutput, SAEError
+from lmscope.sae.checkpoint import (
+    latest_training_checkpoint,
+    load_training_state,
+    restore_saes,
+    sae_dirname,
+    save_training_checkpoint,
+)
+from lmscope.sae.geometric_median import geometric_median
+from lmscope.sae.resample import resample_dead_latents
+from lmscope.sae.train_config import SAETrainConfig, learning_rate, sparsity_scale
+from lmscope.serialization import write_safetensors
+from lmscope.train.log import MetricsLog
+from lmscope.train.trainer import _graceful_interrupt
+
+
+@dataclass
+class SAETrainResult:
+    """How a training run ended."""
+
+    saes: dict[str, SAE]
+    steps: int
+    tokens: int
+    elapsed_s: float
+    metrics: dict[str, dict[str, float]]  # the last logged line of each SAE
+    out: Path | None
+    interrupted: bool
+    resampled: int
+
+    @property
+    def sae(self) -> SAE:
+        """The SAE, when one was trained."""
+        if len(self.saes) != 1:
+            raise SAEError(f"{len(self.saes)} SAEs were trained; pick one from .saes.")
+        return next(iter(self.saes.values()))
+
+
+class _Member:
+    """One SAE under training, with its optimizer and firing statistics."""
+
+    def __init__(self, name: str, sae: SAE, cfg: SAETrainConfig) -> None:
+        self.name, self.sae = name, sae
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.tracker = metrics.FiringTracker(sae.d_sae, sae.W_enc.device)
+        self.prescaled = False  # batches come already multiplied by the scale factor
+        self.last: LossOutput | None = None
+
+    def split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """This SAE's (input, target) in `batch`."""
+        cfg = self.sae.cfg
+        if isinstance(batch, Mapping):
+            key = cfg.hook_name if cfg.hook_name in batch else self.name
+            if key not in batch:
+                raise SAEError(
+                    f"the batch has no activations for SAE {self.name!r} (hook "
+                    f"{cfg.hook_name!r}); it holds {', '.join(map(str, batch))}."
+                )
+            target = None
+            if cfg.is_transcoder:
+                if cfg.hook_name_out not in batch:
+                    raise SAEError(
+                        f"transcoder {self.name!r} reconstructs {cfg.hook_name_out!r}, which "
+                        f"the batch does not hold ({', '.join(map(str, batch))})."
+                    )
+                target = batch[cfg.hook_name_out]
+            return batch[key], target
+        if isinstance(batch, tuple | list):
+            if len(batch) != 2:
+                raise SAEError(f"a batch tuple must be (input, target), got {len(batch)} items.")
+            return batch[0], batch[1]
+        return batch, None
+
+
+class SAETrainer:
+    """Trains `saes` (name -> SAE) on `activations`; `fit()` runs to the end."""
+
+    def __init__(
+        self,
+        saes: Mapping[str, SAE],
+        activations: Iterable[Any],
+        config: SAETrainConfig,
+        *,
+        out: str | Path | None = None,
+        resume: bool = True,
+        progress: bool = False,
+        console: Console | None = None,
+        on_step: Callable[[SAETrainer], None] | None = None,
+        save_into_out: bool = False,
+    ) -> None:
+        """`save_into_out`: save a single SAE into `out` itself, not ``out/<name>/``."""
+        if not saes:
+            raise SAEError("no SAEs to train.")
+        self.cfg, self.source, self.on_step = config, activations, on_step
+        self.out = Path(out) if out is not None else None
+        first = next(iter(saes.values()))
+        self.device = torch.device(config.device) if config.device else first.W_enc.device
+        self.members = [
+            _Member(name, sae.to(self.device).train(), config) for name, sae in saes.items()
+        ]
+        self.step = self.tokens = self.batches = self.resampled = 0
+        self.elapsed = 0.0
+        self.total_steps: int | None = config.total_steps
+        self.generator = torch.Generator().manual_seed(config.seed)
+        log_path = (self.out or Path(".")) / "metrics.jsonl"
+        self.log = MetricsLog(log_path, enabled=self.out is not None)
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        self._iter: Iterator[Any] | None = None
+        self._stop = False
+        self._show_progress, self._console = progress, console
+        self._flat = save_into_out and len(self.members) == 1
+        if self.out is not None and resume:
+            self._resume()
+
+    # --- data ------------------------------------------------------------------------------
+    def _next_batch(self) -> Any:
+        if self._iter is None:
+            self._iter = iter(self.source)
+        batch = next(self._iter)
+        self.batches += 1
+        return batch
+
+    @torch.no_grad()
+    def _initialise(self, batch: Any) -> None:
+        """Set up what depends on data, from the first batch."""
+        factors = getattr(self.source, "scaling_factors", None) or {}
+        for m in self.members:
+            x, target = m.split(batch)
+            cfg = m.sae.cfg
+            key = cfg.hook_name if isinstance(batch, Mapping) and cfg.hook_name in batch else m.name
+            s_in = _factor(factors, key)
+            if s_in is not None:  # the source normalises: record its factors
+                s_out = _factor(factors, cfg.hook_name_out) if cfg.is_transcoder else None
+                m.sae.cfg = cfg.replace(
+                    normalize_activations="expected_average_only_in",
+                    activation_scale=s_in,
+                    activation_scale_out=s_out,
+                )
+                m.prescaled = True
+            elif cfg.normalize_activations == "expected_average_only_in":
+                changes: dict[str, float] = {}
+                if cfg.activation_scale is None:
+                    changes["activation_scale"] = _norm_factor(x)
+                if cfg.is_transcoder and cfg.activation_scale_out is None and target is not None:
+                    changes["activation_scale_out"] = _norm_factor(target)
+                m.sae.cfg = cfg.replace(**changes) if changes else cfg
+            if self.cfg.geometric_median_init:
+                x_n = m.sae.normalize_input(x.to(self.device), prescaled=m.prescaled)
+                t = None if target is None else target.to(self.device)
+                t_n = m.sae._training_target(x_n, t, m.prescaled)
+                median = geometric_median(t_n.reshape(-1, t_n.shape[-1]).float())
+                m.sae.b_dec.copy_(median.to(m.sae.b_dec.dtype))
+
+    # --- one step --------------------------------------------------------------------------
+    def train_step(self, batch: Any) -> None:
+        """One optimizer step of every SAE on `batch`."""
+        lr = learning_rate(self.step, self.cfg, self.total_steps)
+        scale = sparsity_scale(self.step, self.cfg)
+        resample = self.cfg.resample_dead and (self.step + 1) % self.cfg.resample_every_steps == 0
+        rows = 0
+        for m in self.members:
+            x, target = m.split(batch)
+            x = x.to(self.device, non_blocking=True)
+            target = None if target is None else target.to(self.device, non_blocking=True)
+            rows = x.shape[0]
+            for group in m.optimizer.param_groups:
+                group["lr"] = lr
+            dead = m.tracker.dead_mask(self.cfg.dead_after_tokens)
+            out = m.sae.training_loss(
+                x, target, sparsity_scale=scale, dead_mask=dead, prescaled=m.prescaled
+            )
+            out.total.backward()
+            if m.sae.cfg.normalize_decoder:
+                m.sae.remove_gradient_parallel_to_decoder_directions()
+            if self.cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(m.sae.parameters(), self.cfg.grad_clip)
+            m.optimizer.step()
+            m.optimizer.zero_grad(set_to_none=True)
+            if m.sae.cfg.normalize_decoder:
+                m.sae.normalize_decoder_()
+            m.tracker.update(out.firing_counts, rows)
+            m.last = out
+            if resample:
+                dead = m.tracker.dead_mask(self.cfg.dead_after_tokens)
+                x_n = m.sae.normalize_input(x, prescaled=m.prescaled)
+                self.resampled += resample_dead_latents(
+                    m.sae, m.optimizer, dead, x_n, out.target, self.generator
+                )
+                m.tracker.revive(dead)
+        self.step += 1
+        self.tokens += rows
+
+    # --- the loop ----------------------------------------------------------------------------
+    def done(self) -> bool:
+        """Whether a stop criterion is met."""
+        c = self.cfg
+        return (self.total_steps is not None and self.step >= self.total_steps) or (
+            c.total_tokens is not None and self.tokens >= c.total_tokens
+        )
+
+    def request_stop(self) -> None:
+        """Stop after the current step (with a checkpoint)."""
+        self._stop = True
+
+    def fit(self) -> SAETrainResult:
+        """Train until done, the data ends, or a stop request; returns how it ended."""
+        progress = self._progress()
+        window_s, window_rows = 0.0, 0
+        with progress, _graceful_interrupt(self.request_stop):
+            while not self.done() and not self._stop:
+                started, tokens_before = time.perf_counter(), self.tokens
+                try:
+                    batch = self._next_batch()
+                except StopIteration:
+                    break
+                if self.step == 0:
+                    self._initialise(batch)
+                    if self.total_steps is None and self.cfg.total_tokens is not None:
+                        rows = self.members[0].split(batch)[0].shape[0]
+                        self.total_steps = math.ceil(self.cfg.total_tokens / rows)
+                self.train_step(batch)
+                seconds = time.perf_counter() - started
+                self.elapsed += seconds
+                window_s += seconds
+                window_rows += self.tokens - tokens_before
+                if self.step % self.cfg.log_every == 0 or self.done():
+                    self._log(window_rows / max(window_s, 1e-9), progress)
+                    window_s, window_rows = 0.0, 0
+                every = self.cfg.checkpoint_every
+                if self.out is not None and every is not None and self.step % every == 0:
+                    self.checkpoint()
+                if self.on_step is not None:
+                    self.on_step(self)
+        interrupted = self._stop and not self.done()
+        if self.out is not None and self.step > 0:
+            if interrupted or self.cfg.checkpoint_every is not None:
+                self.checkpoint()
+            if not interrupted:
+                self._save_final()
+        return SAETrainResult(
+            {m.name: m.sae for m in self.members},
+            self.step,
+            self.tokens,
+            self.elapsed,
+            dict(self.last_metrics),
+            self.out,
+            interrupted,
+            self.resampled,
+        )
+
+    # --- logging, checkpoints, results -------------------------------------------------------
+    @torch.no_grad()
+    def _log(self, acts_per_s: float, progress: Any) -> None:
+        lr = learning_rate(max(self.step - 1, 0), self.cfg, self.total_steps)
+        shown = []
+        for m in self.members:
+            out = m.last
+            if out is None:
+                continue
+            density = m.tracker.density()
+            line = {
+                "step": self.step,
+                "sae": m.name,
+                "tokens": self.tokens,
+                "loss": float(out.total),
+                "mse": float(out.mse),
+                "sparsity_loss": float(out.sparsity),
+                "aux_loss": float(out.aux),
+                "l0": float(out.l0),
+                "fvu": float(metrics.fvu(out.reconstruction, out.target)),
+                "dead_fraction": float(
+                    m.tracker.dead_mask(self.cfg.dead_after_tokens).float().mean()
+                ),
+                "dense_fraction": metrics.dense_fraction(density),
+                "lr": lr,
+                "sparsity_scale": sparsity_scale(max(self.step - 1, 0), self.cfg),
+                "acts_per_s": acts_per_s,
+                **{k: float(v) for k, v in out.metrics.items()},
+            }
+            m.tracker.reset_window()
+            self.log.write(**line)
+            self.last_metrics[m.name] = line
+            shown.append(
+                f"{m.name if len(self.members) > 1 else ''} L0 {line['l0']:.1f} "
+                f"FVU {line['fvu']:.3f} dead {100 * line['dead_fraction']:.0f}%".strip()
+            )
+        if hasattr(progress, "update"):
+            progress.update(self._task, completed=self.step, metrics=" | ".join(shown))
+
+    def _progress(self) -> Any:
+        from contextlib import nullcontext
+
+        if not self._show_progress:
+            return nullcontext()
+        progress = Progress(
+            TextColumn("[bold]sae[/]"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=self._console,
+        )
+        self._task = progress.add_task(
+            "sae", total=self.total_steps, completed=self.step, metrics=""
+        )
+        return progress
+
+    def _trainer_state(self) -> dict[str, Any]:
+        state_dict = getattr(self.source, "state_dict", None)
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "batches": self.batches,
+            "elapsed": self.elapsed,
+            "resampled": self.resampled,
+            "total_steps": self.total_steps,
+            "members": {
+                m.name: {
+                    "optimizer": m.optimizer.state_dict(),
+                    "tracker": m.tracker.state_dict(),
+                    "prescaled": m.prescaled,
+                }
+                for m in self.members
+            },
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "source": state_dict() if callable(state_dict) else None,
+        }
+
+    def checkpoint(self) -> Path:
+        """Write a checkpoint of the current step into ``out/checkpoints``."""
+        if self.out is None:
+            raise SAEError("checkpoints need an output directory (out=...).")
+        saes = {m.name: m.sae for m in self.members}
+        return save_training_checkpoint(
+            self.out, self.step, saes, self._trainer_state(), self.cfg.keep_checkpoints
+        )
+
+    def _resume(self) -> None:
+        assert self.out is not None
+        path = latest_training_checkpoint(self.out)
+        if path is None:
+            return
+        state = load_training_state(path)
+        missing = [m.name for m in self.members if m.name not in state["members"]]
+        if missing:
+            raise SAEError(
+                f"checkpoint {path} was written for SAEs {sorted(state['members'])}, not "
+                f"{missing}; use another output directory or resume=False."
+            )
+        restore_saes(path, {m.name: m.sae for m in self.members})
+        for m in self.members:
+            saved = state["members"][m.name]
+            m.optimizer.load_state_dict(saved["optimizer"])
+            m.tracker.load_state_dict(saved["tracker"])
+            m.prescaled = bool(saved["prescaled"])
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.batches, self.elapsed = int(state["batches"]), float(state["elapsed"])
+        self.resampled = int(state["resampled"])
+        self.total_steps = self.cfg.total_steps or state["total_steps"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self._iter = iter(self.source)
+        load = getattr(self.source, "load_state_dict", None)
+        if callable(load) and state["source"] is not None:
+            load(state["source"])
+        else:  # a plain iterable: replay it past the batches already used
+            for _ in range(self.batches):
+                next(self._iter)
+        self.log.truncate_after(self.step)
+
+    def _save_final(self) -> None:
+        assert self.out is not None
+        for m in self.members:
+            directory = self.out if self._flat else self.out / sae_dirname(m.name)
+            summary = {k: v for k, v in self.last_metrics.get(m.name, {}).items() if k != "sae"}
+            summary.update(steps=self.step, tokens=self.tokens, elapsed_s=self.elapsed)
+            m.sae.save(directory, extra=summary)
+            density = m.tracker.window_counts.double() / max(m.tracker.window_inputs, 1)
+            write_safetensors(
+                {"density": density.float()}, directory / "feature_density.safetensors"
+            )
+
+
+def _factor(factors: Mapping[str, float], key: str | None) -> float | None:
+    if key is not None and key in factors:
+        return float(factors[key])
+    if len(factors) == 1 and key is not None:  # a single-hook source: its only factor
+        return float(next(iter(factors.values())))
+    return None
+
+
+def _norm_factor(x: Tensor) -> float:
+    """``sqrt(d) / mean norm``: the factor making the mean norm of `x`'s rows sqrt(d)."""
+    mean_norm = float(x.float().norm(dim=-1).mean())
+    if mean_norm == 0.0:
+        raise SAEError("the first batch is all zeros: cannot estimate a normalisation factor.")
+    return x.shape[-1] ** 0.5 / mean_norm
+
+
+def _config(config: SAETrainConfig | None, settings: dict[str, Any]) -> SAETrainConfig:
+    config = config or SAETrainConfig()
+    return config.replace(**settings) if settings else config
+
+
+def train_saes(
+    saes: Mapping[str, SAE],
+    activations: Iterable[Mapping[str, Tensor]],
+    config: SAETrainConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    console: Console | None = None,
+    on_step: Callable[[SAETrainer], None] | None = None,
+    **settings: Any,
+) -> SAETrainResult:
+    """Train several SAEs in one pass over `activations` (dicts of hook -> ``[n, d]``).
+
+    `settings` override fields of `config` (`SAETrainConfig`). With `out`, metrics go to
+    ``out/metrics.jsonl``, checkpoints to ``out/checkpoints`` (and are resumed from
+    when `resume`), and each SAE to ``out/<name>/``.
+    """
+    trainer = SAETrainer(
+        saes,
+        activations,
+        _config(config, settings),
+        out=out,
+        resume=resume,
+        progress=progress,
+        console=console,
+        on_step=on_step,
+    )
+    return trainer.fit()
+
+
+def train_sae(
+    sae: SAE,
+    activations: Iterable[Tensor | tuple[Tensor, Tensor]],
+    config: SAETrainConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    console: Console | None = None,
+    on_step: Callable[[SAETrainer], None] | None = None,
+    **settings: Any,
+) -> SAETrainResult:
+    """Train one SAE on `activations`: ``[n, d_in]`` batches (``(x, target)`` for transcoders).
+
+    As `train_saes`, with the SAE saved into `out` itself.
+    """
+    trainer = SAETrainer(
+        {sae.cfg.hook_name or "sae": sae},
+        activations,
+        _config(config, settings),
+        out=out,
+        resume=resume,
+        progress=progress,
+        console=console,
+        on_step=on_step,
+        save_into_out=True,
+    )
+    return trainer.fit()
