@@ -31,6 +31,19 @@ def resolve_config(spec: str) -> ModelConfig:
     )
 
 
+def prompt_option(text: str | None, tokens: str | None) -> str | list[int]:
+    """The input from ``--text`` or ``--tokens 5,17,42`` (exactly one of them)."""
+    if (text is None) == (tokens is None):
+        raise LmscopeError("give the input as --text or as --tokens (one of them).")
+    if text is not None:
+        return text
+    assert tokens is not None
+    try:
+        return [int(t) for t in tokens.replace(",", " ").split()]
+    except ValueError:
+        raise LmscopeError(f"--tokens {tokens!r}: give integer token ids, e.g. 5,17,42.") from None
+
+
 def print_json(data: Any) -> None:
     """Print machine-readable JSON (no colours, no wrapping)."""
     print(json.dumps(data, indent=2))
