@@ -5,12 +5,18 @@ Public names of each analysis are re-exported here.
 
 from __future__ import annotations
 
+from lmscope.interpret.ablation import ablate, ablation_hooks
 from lmscope.interpret.attention_view import (
     AttentionPattern,
     attention_pattern,
     attention_table,
     plot_attention,
     print_attention,
+)
+from lmscope.interpret.attribution_patching import (
+    AttributionComparison,
+    attribution_patch,
+    compare_with_exact,
 )
 from lmscope.interpret.circuits import (
     composition_scores,
@@ -32,6 +38,23 @@ from lmscope.interpret.heads import (
     detection_mask,
     repeated_random_tokens,
 )
+from lmscope.interpret.metrics import (
+    LogitDiff,
+    NormalizedMetric,
+    logit_diff_metric,
+    normalized_metric,
+)
+from lmscope.interpret.patching import (
+    activation_patch,
+    patch_attn_out,
+    patch_heads,
+    patch_mlp_out,
+    patch_residual,
+    run_patched,
+)
+from lmscope.interpret.patching_result import PatchingResult
+from lmscope.interpret.path_patching import path_patch, path_patch_sweep
+from lmscope.interpret.sites import Site
 from lmscope.model.processing import (
     center_unembed,
     center_writing_weights,
@@ -43,13 +66,23 @@ from lmscope.model.processing import (
 __all__ = [
     "DETECTORS",
     "AttentionPattern",
+    "AttributionComparison",
     "FactoredMatrix",
     "HeadScores",
     "InductionLoss",
+    "LogitDiff",
+    "NormalizedMetric",
+    "PatchingResult",
+    "Site",
+    "ablate",
+    "ablation_hooks",
+    "activation_patch",
     "attention_pattern",
     "attention_table",
+    "attribution_patch",
     "center_unembed",
     "center_writing_weights",
+    "compare_with_exact",
     "composition_scores",
     "detect_heads",
     "detection_mask",
@@ -58,8 +91,16 @@ __all__ = [
     "full_ov_circuit",
     "full_qk_circuit",
     "kv_head",
+    "logit_diff_metric",
+    "normalized_metric",
     "ov_circuit",
     "ov_copying_score",
+    "patch_attn_out",
+    "patch_heads",
+    "patch_mlp_out",
+    "patch_residual",
+    "path_patch",
+    "path_patch_sweep",
     "plot_attention",
     "plot_composition_scores",
     "plot_head_scores",
@@ -67,4 +108,5 @@ __all__ = [
     "process_weights",
     "qk_circuit",
     "repeated_random_tokens",
+    "run_patched",
 ]
