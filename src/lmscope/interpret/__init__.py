@@ -13,6 +13,7 @@ from lmscope.interpret.attention_view import (
     plot_attention,
     print_attention,
 )
+from lmscope.interpret.attribution import AttributionResult, direct_logit_attribution
 from lmscope.interpret.attribution_patching import (
     AttributionComparison,
     attribution_patch,
@@ -38,6 +39,7 @@ from lmscope.interpret.heads import (
     detection_mask,
     repeated_random_tokens,
 )
+from lmscope.interpret.logit_lens import LensResult, logit_lens
 from lmscope.interpret.metrics import (
     LogitDiff,
     NormalizedMetric,
@@ -55,6 +57,12 @@ from lmscope.interpret.patching import (
 from lmscope.interpret.patching_result import PatchingResult
 from lmscope.interpret.path_patching import path_patch, path_patch_sweep
 from lmscope.interpret.sites import Site
+from lmscope.interpret.tuned_lens import (
+    TunedLens,
+    lens_divergence,
+    train_tuned_lens,
+    tuned_lens,
+)
 from lmscope.model.processing import (
     center_unembed,
     center_writing_weights,
@@ -67,13 +75,16 @@ __all__ = [
     "DETECTORS",
     "AttentionPattern",
     "AttributionComparison",
+    "AttributionResult",
     "FactoredMatrix",
     "HeadScores",
     "InductionLoss",
+    "LensResult",
     "LogitDiff",
     "NormalizedMetric",
     "PatchingResult",
     "Site",
+    "TunedLens",
     "ablate",
     "ablation_hooks",
     "activation_patch",
@@ -86,12 +97,15 @@ __all__ = [
     "composition_scores",
     "detect_heads",
     "detection_mask",
+    "direct_logit_attribution",
     "fold_ln",
     "fold_value_biases",
     "full_ov_circuit",
     "full_qk_circuit",
     "kv_head",
+    "lens_divergence",
     "logit_diff_metric",
+    "logit_lens",
     "normalized_metric",
     "ov_circuit",
     "ov_copying_score",
@@ -109,4 +123,6 @@ __all__ = [
     "qk_circuit",
     "repeated_random_tokens",
     "run_patched",
+    "train_tuned_lens",
+    "tuned_lens",
 ]
