@@ -22,7 +22,22 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on `app`.
-from lmscope.cli import convert, data, demo, embed, explain, generate, heads, info, lens, load, patch, tokenizer, train  # noqa: E402, F401
+from lmscope.cli import (  # noqa: E402, F401
+    convert,
+    data,
+    demo,
+    embed,
+    explain,
+    generate,
+    heads,
+    info,
+    lens,
+    load,
+    neurons,
+    patch,
+    tokenizer,
+    train,
+)
 
 
 def main() -> None:

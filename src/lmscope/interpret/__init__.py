@@ -30,6 +30,7 @@ from lmscope.interpret.circuits import (
     plot_head_scores,
     qk_circuit,
 )
+from lmscope.interpret.corpus import corpus_token_batches
 from lmscope.interpret.factored import FactoredMatrix
 from lmscope.interpret.heads import (
     DETECTORS,
@@ -45,6 +46,15 @@ from lmscope.interpret.metrics import (
     NormalizedMetric,
     logit_diff_metric,
     normalized_metric,
+)
+from lmscope.interpret.neurons import (
+    ActivatingContext,
+    NeuronTokens,
+    neuron_contributions,
+    neuron_key_tokens,
+    neuron_value_tokens,
+    top_activating_contexts,
+    top_contexts_of_neurons,
 )
 from lmscope.interpret.patching import (
     activation_patch,
@@ -73,6 +83,7 @@ from lmscope.model.processing import (
 
 __all__ = [
     "DETECTORS",
+    "ActivatingContext",
     "AttentionPattern",
     "AttributionComparison",
     "AttributionResult",
@@ -81,6 +92,7 @@ __all__ = [
     "InductionLoss",
     "LensResult",
     "LogitDiff",
+    "NeuronTokens",
     "NormalizedMetric",
     "PatchingResult",
     "Site",
@@ -95,6 +107,7 @@ __all__ = [
     "center_writing_weights",
     "compare_with_exact",
     "composition_scores",
+    "corpus_token_batches",
     "detect_heads",
     "detection_mask",
     "direct_logit_attribution",
@@ -106,6 +119,9 @@ __all__ = [
     "lens_divergence",
     "logit_diff_metric",
     "logit_lens",
+    "neuron_contributions",
+    "neuron_key_tokens",
+    "neuron_value_tokens",
     "normalized_metric",
     "ov_circuit",
     "ov_copying_score",
@@ -123,6 +139,8 @@ __all__ = [
     "qk_circuit",
     "repeated_random_tokens",
     "run_patched",
+    "top_activating_contexts",
+    "top_contexts_of_neurons",
     "train_tuned_lens",
     "tuned_lens",
 ]

@@ -338,21 +338,22 @@ def detect_heads(
         )
     ids = ids.to(model.device)
 
-    masks = {name: detection_mask(ids, name) for name in detectors}
-    n_layers, n_heads = cfg.n_layers, cfg.n_heads
-    scores = {name: torch.full((n_layers, n_heads), math.nan) for name in detectors}
+    # Per detector: the target mask, and which queries have a target (the rows averaged).
+    targets = {}
+    for name in detectors:
+        mask = detection_mask(ids, name)
+        rows = mask.any(-1)  # [b, q]
+        if rows.any():  # else the score is undefined and stays NaN
+            targets[name] = (mask.float(), rows.float()[:, None], int(rows.sum()))
+    scores = {name: torch.full((cfg.n_layers, cfg.n_heads), math.nan) for name in detectors}
 
     def score(pattern: Float[Tensor, "batch head q k"], hook: HookPoint) -> None:
         layer = int(hook.name.split(".")[1])
         p = pattern.float()
-        for name, mask in masks.items():
-            rows = mask.any(-1)  # [b, q]: queries that have a target
-            n_rows = int(rows.sum())
-            if n_rows == 0:
-                continue  # undefined: stays NaN
+        for name, (mask, rows, n_rows) in targets.items():
             # Attention mass each (head, query) puts on its targets: [b, head, q].
-            hit = torch.einsum("bhqk,bqk->bhq", p, mask.to(p.dtype))
-            scores[name][layer] = (hit * rows[:, None]).sum((0, 2)).cpu() / n_rows
+            hit = torch.einsum("bhqk,bqk->bhq", p, mask)
+            scores[name][layer] = (hit * rows).sum((0, 2)).cpu() / n_rows
 
     start = time.perf_counter()
     with torch.no_grad():
