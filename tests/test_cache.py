@@ -112,6 +112,15 @@ def test_names_filter_stores_only_what_was_asked(gpt2, tokens) -> None:
     # hook_q is a slice of the fused qkv output: the cache holds a copy of q alone.
     assert q.untyped_storage().nbytes() == q.numel() * q.element_size()
     assert one.nbytes() == q.numel() * q.element_size()
+    # Cached together, q, k and v are the whole fused buffer: kept as views, no copies.
+    qkv = [f"blocks.1.attn.hook_{x}" for x in "qkv"]
+    _, together = gpt2.run_with_cache(tokens, names_filter=qkv)
+    ptrs = {together[n].untyped_storage().data_ptr() for n in qkv}
+    assert len(ptrs) == 1 and together.nbytes() == 3 * q.numel() * q.element_size()
+    torch.testing.assert_close(together["q", 1], q, rtol=0, atol=0)
+    # With the graph kept, the cached q is the one the forward used: grads w.r.t. it work.
+    out, graph = gpt2.run_with_cache(tokens, names_filter=qkv[:1], with_grad=True)
+    assert torch.autograd.grad(out.sum(), graph["q", 1])[0].shape == q.shape
     _, resid = gpt2.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
     assert list(resid) == [f"blocks.{i}.hook_resid_pre" for i in range(gpt2.cfg.n_layers)]
     _, listed = gpt2.run_with_cache(tokens, names_filter=["hook_embed", "blocks.0.attn.hook_z"])

@@ -9,9 +9,10 @@ norm's). The residual-stream decompositions (`decompose_resid`, `accumulated_res
 `stack_head_results` ...) come from `lmscope.decomposition`.
 
 What a run costs follows what it asks for:
-- only the selected hook points get a hook, and only their tensors are kept. A view into
-  a larger buffer (``hook_q`` is a slice of the fused QKV output) is copied on its own,
-  so that keeping it does not keep the whole buffer alive;
+- only the selected hook points get a hook, and only their tensors are kept, without
+  copies. A view into a larger buffer (``hook_q`` is a slice of the fused QKV output)
+  that is cached without the rest of it is copied after the pass, so that it does not
+  keep the whole buffer alive (`_compact`);
 - without ``with_grad`` the run is under ``torch.no_grad()``: no autograd graph is built
   or kept, as TransformerLens's cache stores detached tensors;
 - ``stop_at_layer=n`` raises out of the forward pass when block ``n`` is about to run,
@@ -247,14 +248,34 @@ def select_hook_points(model: HookedModule, names_filter: NamesFilter) -> list[H
 
 
 def _keep(x: Tensor, keep_graph: bool, device: str | torch.device | None) -> Tensor:
-    """What the cache stores for activation (or gradient) `x`."""
+    """What the cache stores for activation (or gradient) `x`: no copy unless moved."""
     if not keep_graph and x.requires_grad:
         x = x.detach()
-    # A view much smaller than its buffer (q out of the fused qkv, one half of a gated
-    # MLP's input) would keep the whole buffer alive: store its own copy instead.
-    if x.untyped_storage().nbytes() > 1.25 * x.numel() * x.element_size():
-        x = x.clone()
     return x if device is None else x.to(device)
+
+
+def _partial(tensors: list[Tensor]) -> bool:
+    """Whether views of one buffer cover much less than it (so keeping them wastes it)."""
+    covered = sum(t.numel() * t.element_size() for t in tensors)
+    return tensors[0].untyped_storage().nbytes() > 1.25 * covered
+
+
+def _compact(store: dict[str, Tensor]) -> None:
+    """Copy cached views that would keep a much larger buffer alive (in place).
+
+    ``hook_q``, ``hook_k`` and ``hook_v`` are slices of one fused QKV output, the two
+    halves of a gated MLP's input are slices of one matmul: cached together they are the
+    whole buffer and stay views (no copy, which is what keeps caching everything cheap);
+    cached alone, each gets its own copy here, so the cache holds what was asked. Done
+    after the forward pass, when it is known which slices of a buffer were kept.
+    """
+    by_storage: dict[int, list[str]] = {}
+    for name, t in store.items():
+        by_storage.setdefault(t.untyped_storage().data_ptr(), []).append(name)
+    for names in by_storage.values():
+        if _partial([store[n] for n in names]):
+            for n in names:
+                store[n] = store[n].clone()
 
 
 def run_with_cache(
@@ -281,7 +302,9 @@ def run_with_cache(
         store[hook.name] = _keep(x, keep_graph, device)
 
     def save_grad(grad: Tensor, hook: HookPoint) -> None:
-        store[hook.name + "_grad"] = _keep(grad, False, device)
+        # Gradients arrive after the cache is returned: each is checked on its own.
+        grad = _keep(grad, False, device)
+        store[hook.name + "_grad"] = grad.clone() if _partial([grad]) else grad
 
     handles: list[HookHandle | torch.utils.hooks.RemovableHandle] = []
     try:
@@ -296,6 +319,8 @@ def run_with_cache(
                 out = model(*args, **kwargs)
             except _StopForward as stop:
                 out = stop.resid
+            if not keep_graph:  # a copy would not be on the graph: grads w.r.t. it fail
+                _compact(store)
             if callable(bwd):
                 _backward(bwd(out))
     finally:
