@@ -86,6 +86,24 @@ def test_lens_train_then_show_with_the_tuned_lens(run_dir: Path, tmp_path: Path)
     assert "tuned lens" in invoke(*show)
 
 
+def test_lens_train_on_prepared_data_checks_the_tokenizer(run_dir: Path, tmp_path: Path) -> None:
+    from lmscope.data import prepare_dataset
+
+    prepare_dataset(tmp_path / "same", run_dir / "text.txt", tokenizer=str(run_dir / "model"))
+    out = invoke(
+        *shlex.split(
+            f"lens train {run_dir} --data {tmp_path / 'same'} --out {tmp_path / 'lens'} "
+            "--steps 2 --batch-size 2 --seq-len 8 --eval-batches 1 --json"
+        )
+    )
+    assert len(json.loads(out)["held_out_kl"]["tuned_lens"]) == 4
+    (tmp_path / "other.txt").write_text("zyxwvutsrqponmlkjihgfedcba " * 20)
+    prepare_dataset(tmp_path / "other", tmp_path / "other.txt", tokenizer="char")
+    args = ["lens", "train", str(run_dir), "--data", str(tmp_path / "other"), "--out", "x"]
+    result = runner.invoke(app, args)
+    assert "another tokenizer" in str(result.exception)
+
+
 def test_attribute_json_and_table(run_dir: Path, tmp_path: Path) -> None:
     args = ["attribute", str(run_dir), "--text", "the lazy", "--target", "o", "--baseline", "e"]
     data = json.loads(invoke(*args, "--by", "heads", "--json"))

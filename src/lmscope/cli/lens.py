@@ -195,7 +195,16 @@ def _token_stream(data: Path, tokenizer: Any, vocab_size: int) -> tuple[Any, Any
                 f"{data} was prepared with a vocabulary of {prepared.vocab_size:,} tokens; the "
                 f"model has {vocab_size:,}."
             )
-        return prepared.split("train"), prepared.split("val")
+        train_ids = prepared.split("train")
+        sample = [int(i) for i in train_ids[:256]]
+        # Same ids, same text, or the data was tokenized differently from the model.
+        if tokenizer is not None and tokenizer.decode(sample) != prepared.tokenizer.decode(sample):
+            raise LmscopeError(
+                f"{data} was prepared with another tokenizer than the model's: its token ids "
+                "mean different text. Prepare it with the model's tokenizer (lmscope data "
+                "prepare --tokenizer MODEL_DIR), or give a text file."
+            )
+        return train_ids, prepared.split("val")
     if not data.is_file():
         raise LmscopeError(f"--data {str(data)!r} is neither a text file nor prepared token data.")
     if tokenizer is None:
