@@ -248,3 +248,17 @@ def test_worked_example_e5_residual_stream_arithmetic() -> None:
     close(full.sum(0), torch.tensor([0.8, 0.45, 1.62, 0.5]))
     if (SHARED / "worked-examples.md").exists():
         assert "[0.8, 0.45, 1.62, 0.5]" in (SHARED / "worked-examples.md").read_text()
+
+
+@pytest.mark.parametrize("preset", ["gpt2-small", "mistral-tiny"])
+def test_after_weight_processing_logit_attrs_sum_to_the_logits(preset: str) -> None:
+    """With the norms' weights folded away (fold_ln), attributions are exact logits."""
+    from lmscope.model.processing import process_weights
+
+    model, _, _ = run(small(preset, sliding_window=None))
+    process_weights(model)
+    tokens = torch.randint(0, 61, (B, T))
+    logits, cache = model.run_with_cache(tokens)
+    attrs = cache.logit_attrs(cache.get_full_resid_decomposition(), tokens)
+    b_U = model.unembed.bias[tokens] if model.unembed.bias is not None else 0.0
+    close(attrs.sum(0) + b_U, logits.gather(-1, tokens[..., None])[..., 0])
