@@ -35,6 +35,8 @@ from lmscope.cli import (  # noqa: E402, F401
     load,
     neurons,
     patch,
+    sae,
+    sae_run,
     tokenizer,
     train,
 )
