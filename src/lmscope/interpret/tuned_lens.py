@@ -298,7 +298,7 @@ def lens_divergence(
         raise LmscopeError("token_batches is empty: give at least one batch of token ids.")
     rows = model.cfg.n_layers + 1
     totals = torch.zeros(rows)
-    with torch.no_grad():
+    with _frozen(model), torch.no_grad():
         for batch in batches:
             stack, final_logp = _streams(model, batch)
             for layer in range(rows):
