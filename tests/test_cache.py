@@ -199,6 +199,12 @@ def test_device_and_remove_batch_dim(gpt2, tokens) -> None:
     assert cache["pattern", 0].shape == (gpt2.cfg.n_heads, T, T)
     assert cache["resid_pre", 0].device.type == "cpu"
     assert cache.to("cpu") is cache and cache["z", 1].shape == (T, gpt2.cfg.n_heads, 8)
+    # Hooks inside MoE experts hold routed tokens, not a batch: left as they are.
+    moe = build_model(small("mixtral-tiny")).eval()
+    _, routed = moe.run_with_cache(tokens[:1], remove_batch_dim=True)
+    assert routed["resid_pre", 0].shape == (T, moe.cfg.d_model)
+    expert = next(n for n in routed if ".experts." in n and n.endswith("hook_post"))
+    assert routed[expert].ndim == 2 and routed[expert].shape[1] == moe.cfg.mlp_dim
     _, batched = gpt2.run_with_cache(tokens)
     with pytest.raises(LmscopeError, match="batch of 1"):
         batched.remove_batch_dim()

@@ -192,16 +192,22 @@ class ActivationCache(ResidualDecomposition, Mapping[str, Tensor]):
         return self
 
     def remove_batch_dim(self) -> ActivationCache:
-        """Drop the batch dimension of a batch-1 cache (in place); returns the cache."""
+        """Drop the batch dimension of a batch-1 cache (in place); returns the cache.
+
+        Mixture-of-experts hooks inside an expert (``...experts.{e}.hook_*``) hold the
+        tokens routed to that expert, not a batch: they are left as they are.
+        """
         if not self.has_batch_dim:
             raise LmscopeError("this cache has no batch dimension (already removed).")
-        sizes = {t.shape[0] for t in self.cache_dict.values() if t.ndim > 0}
+        batched = [name for name in self.cache_dict if ".experts." not in name]
+        sizes = {self.cache_dict[n].shape[0] for n in batched if self.cache_dict[n].ndim > 0}
         if sizes - {1}:
             raise LmscopeError(
                 "remove_batch_dim needs a batch of 1; this cache holds batch sizes "
                 f"{sorted(sizes)}."
             )
-        self.cache_dict = {name: t[0] for name, t in self.cache_dict.items()}
+        for name in batched:
+            self.cache_dict[name] = self.cache_dict[name][0]
         self.has_batch_dim = False
         return self
 
