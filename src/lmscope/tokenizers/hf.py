@@ -43,6 +43,11 @@ class HFTokenizer(Tokenizer):
     ) -> None:
         if name not in self.KINDS:
             raise TokenizerError(f"HFTokenizer name must be one of {self.KINDS}, got {name!r}.")
+        # A tokenizer.json may carry padding / truncation settings (sentence-transformers
+        # ships MiniLM's padded to 128): `encode` must return the text's ids only. Callers
+        # that batch pad themselves, with masks.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.hf = tokenizer
         self.kind = name  # type: ignore[misc]  # per instance: what made this tokenizer
         self._special = {
