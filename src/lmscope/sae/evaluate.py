@@ -31,6 +31,7 @@ from torch import Tensor
 
 from lmscope.hooks import HookedModule, HookPoint
 from lmscope.sae import metrics
+from lmscope.sae.activation_sources import special_position_mask
 from lmscope.sae.base import SAE, SAEError
 from lmscope.sae.splice import splice_sae
 from lmscope.sae.token_source import TokenBatchesLike, token_batches
@@ -166,7 +167,7 @@ def evaluate_sae(
         loss, n = next_token_loss(clean_logits, tokens)
         losses["clean"] += loss
         n_predictions += n
-        mask = ~torch.isin(tokens, torch.tensor(excluded, device=device, dtype=tokens.dtype))
+        mask = special_position_mask(tokens, excluded)
         x, target = seen[in_name][mask], seen[out_name][mask]
         acts = sae.encode(x)
         recon = sae(x) if sae.cfg.is_transcoder else sae.decode(acts)
