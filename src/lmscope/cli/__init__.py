@@ -35,8 +35,10 @@ from lmscope.cli import (  # noqa: E402, F401
     load,
     neurons,
     patch,
+    probe,
     sae,
     sae_run,
+    steer,
     tokenizer,
     train,
 )
