@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from lmscope.errors import CheckpointError
 from lmscope.sae.base import SAE
 from lmscope.serialization import fsync_dir, write_json
 from lmscope.train.checkpoint import INDEX, latest_checkpoint, read_index
+
+if TYPE_CHECKING:
+    from lmscope.sae.trainer import SAETrainer
 
 TRAINER_STATE = "trainer_state.pt"
 SAES_DIR = "saes"
@@ -116,3 +119,58 @@ def restore_saes(path: Path, saes: Mapping[str, SAE]) -> None:
         with torch.no_grad():
             for key, value in saved.state_dict().items():
                 sae.state_dict()[key].copy_(value)
+
+
+def trainer_state(trainer: SAETrainer) -> dict[str, Any]:
+    """Everything besides the SAEs' weights that a resumed `trainer` needs."""
+    source_state = getattr(trainer.source, "state_dict", None)
+    return {
+        "step": trainer.step,
+        "tokens": trainer.tokens,
+        "batches": trainer.batches,
+        "elapsed": trainer.elapsed,
+        "resampled": trainer.resampled,
+        "total_steps": trainer.total_steps,
+        "members": {
+            m.name: {
+                "optimizer": m.optimizer.state_dict(),
+                "tracker": m.tracker.state_dict(),
+                "prescaled": m.prescaled,
+            }
+            for m in trainer.members
+        },
+        "generator": trainer.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "source": source_state() if callable(source_state) else None,
+    }
+
+
+def restore_trainer(trainer: SAETrainer, path: Path) -> None:
+    """Put `trainer` (SAEs, optimizers, statistics, generators, data position) back to
+    checkpoint `path`."""
+    state = load_training_state(path)
+    missing = [m.name for m in trainer.members if m.name not in state["members"]]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} was written for SAEs {sorted(state['members'])}, not "
+            f"{missing}; use another output directory or resume=False."
+        )
+    restore_saes(path, {m.name: m.sae for m in trainer.members})
+    for m in trainer.members:
+        saved = state["members"][m.name]
+        m.optimizer.load_state_dict(saved["optimizer"])
+        m.tracker.load_state_dict(saved["tracker"])
+        m.prescaled = bool(saved["prescaled"])
+    trainer.step, trainer.tokens = int(state["step"]), int(state["tokens"])
+    trainer.batches, trainer.elapsed = int(state["batches"]), float(state["elapsed"])
+    trainer.resampled = int(state["resampled"])
+    trainer.total_steps = trainer.cfg.total_steps or state["total_steps"]
+    trainer.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    trainer._iter = iter(trainer.source)
+    load = getattr(trainer.source, "load_state_dict", None)
+    if callable(load) and state["source"] is not None:
+        load(state["source"])
+    else:  # a plain iterable: replay it past the batches already used
+        for _ in range(trainer.batches):
+            next(trainer._iter)

@@ -32,21 +32,21 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from lmscope.sae import metrics
 from lmscope.sae.base import SAE, LossOutput, SAEError
 from lmscope.sae.checkpoint import (
     latest_training_checkpoint,
-    load_training_state,
-    restore_saes,
+    restore_trainer,
     sae_dirname,
     save_training_checkpoint,
+    trainer_state,
 )
-from lmscope.sae.geometric_median import geometric_median
+from lmscope.sae.data_init import initialise_from_batch
 from lmscope.sae.resample import resample_dead_latents
 from lmscope.sae.train_config import SAETrainConfig, learning_rate, sparsity_scale
+from lmscope.sae.train_log import ProgressView, metrics_line, short_summary
 from lmscope.serialization import write_safetensors
 from lmscope.train.log import MetricsLog
 from lmscope.train.trainer import _graceful_interrupt
@@ -83,11 +83,16 @@ class _Member:
         self.prescaled = False  # batches come already multiplied by the scale factor
         self.last: LossOutput | None = None
 
+    def input_key(self, batch: Any) -> str:
+        """The hook this SAE reads: its config's ``hook_name`` if the batch has it."""
+        hook = self.sae.cfg.hook_name
+        return hook if isinstance(batch, Mapping) and hook in batch else (hook or self.name)
+
     def split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """This SAE's (input, target) in `batch`."""
         cfg = self.sae.cfg
         if isinstance(batch, Mapping):
-            key = cfg.hook_name if cfg.hook_name in batch else self.name
+            key = self.input_key(batch)
             if key not in batch:
                 raise SAEError(
                     f"the batch has no activations for SAE {self.name!r} (hook "
@@ -141,6 +146,8 @@ class SAETrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         log_path = (self.out or Path(".")) / "metrics.jsonl"
         self.log = MetricsLog(log_path, enabled=self.out is not None)
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.last_metrics: dict[str, dict[str, float]] = {}
         self._iter: Iterator[Any] | None = None
         self._stop = False
@@ -157,36 +164,18 @@ class SAETrainer:
         self.batches += 1
         return batch
 
-    @torch.no_grad()
     def _initialise(self, batch: Any) -> None:
-        """Set up what depends on data, from the first batch."""
-        factors = getattr(self.source, "scaling_factors", None) or {}
+        """Set up what depends on data (normalisation, b_dec), from the first batch."""
         for m in self.members:
             x, target = m.split(batch)
-            cfg = m.sae.cfg
-            key = cfg.hook_name if isinstance(batch, Mapping) and cfg.hook_name in batch else m.name
-            s_in = _factor(factors, key)
-            if s_in is not None:  # the source normalises: record its factors
-                s_out = _factor(factors, cfg.hook_name_out) if cfg.is_transcoder else None
-                m.sae.cfg = cfg.replace(
-                    normalize_activations="expected_average_only_in",
-                    activation_scale=s_in,
-                    activation_scale_out=s_out,
-                )
-                m.prescaled = True
-            elif cfg.normalize_activations == "expected_average_only_in":
-                changes: dict[str, float] = {}
-                if cfg.activation_scale is None:
-                    changes["activation_scale"] = _norm_factor(x)
-                if cfg.is_transcoder and cfg.activation_scale_out is None and target is not None:
-                    changes["activation_scale_out"] = _norm_factor(target)
-                m.sae.cfg = cfg.replace(**changes) if changes else cfg
-            if self.cfg.geometric_median_init:
-                x_n = m.sae.normalize_input(x.to(self.device), prescaled=m.prescaled)
-                t = None if target is None else target.to(self.device)
-                t_n = m.sae._training_target(x_n, t, m.prescaled)
-                median = geometric_median(t_n.reshape(-1, t_n.shape[-1]).float())
-                m.sae.b_dec.copy_(median.to(m.sae.b_dec.dtype))
+            m.prescaled = initialise_from_batch(
+                m.sae,
+                x,
+                target,
+                input_key=m.input_key(batch),
+                source=self.source,
+                median_init=self.cfg.geometric_median_init,
+            )
 
     # --- one step --------------------------------------------------------------------------
     def train_step(self, batch: Any) -> None:
@@ -241,9 +230,9 @@ class SAETrainer:
 
     def fit(self) -> SAETrainResult:
         """Train until done, the data ends, or a stop request; returns how it ended."""
-        progress = self._progress()
+        self.view = ProgressView(self._show_progress, self.total_steps, self.step, self._console)
         window_s, window_rows = 0.0, 0
-        with progress, _graceful_interrupt(self.request_stop):
+        with self.view.context(), _graceful_interrupt(self.request_stop):
             while not self.done() and not self._stop:
                 started, tokens_before = time.perf_counter(), self.tokens
                 try:
@@ -261,7 +250,7 @@ class SAETrainer:
                 window_s += seconds
                 window_rows += self.tokens - tokens_before
                 if self.step % self.cfg.log_every == 0 or self.done():
-                    self._log(window_rows / max(window_s, 1e-9), progress)
+                    self._log(window_rows / max(window_s, 1e-9))
                     window_s, window_rows = 0.0, 0
                 every = self.cfg.checkpoint_every
                 if self.out is not None and every is not None and self.step % every == 0:
@@ -269,6 +258,8 @@ class SAETrainer:
                 if self.on_step is not None:
                     self.on_step(self)
         interrupted = self._stop and not self.done()
+        for m in self.members:
+            m.sae.eval()  # e.g. BatchTopK switches to its learned threshold
         if self.out is not None and self.step > 0:
             if interrupted or self.cfg.checkpoint_every is not None:
                 self.checkpoint()
@@ -287,82 +278,29 @@ class SAETrainer:
 
     # --- logging, checkpoints, results -------------------------------------------------------
     @torch.no_grad()
-    def _log(self, acts_per_s: float, progress: Any) -> None:
-        lr = learning_rate(max(self.step - 1, 0), self.cfg, self.total_steps)
+    def _log(self, acts_per_s: float) -> None:
+        last = max(self.step - 1, 0)  # the step just taken
+        lr, scale = learning_rate(last, self.cfg, self.total_steps), sparsity_scale(last, self.cfg)
         shown = []
         for m in self.members:
-            out = m.last
-            if out is None:
+            if m.last is None:
                 continue
-            density = m.tracker.density()
-            line = {
-                "step": self.step,
-                "sae": m.name,
-                "tokens": self.tokens,
-                "loss": float(out.total),
-                "mse": float(out.mse),
-                "sparsity_loss": float(out.sparsity),
-                "aux_loss": float(out.aux),
-                "l0": float(out.l0),
-                "fvu": float(metrics.fvu(out.reconstruction, out.target)),
-                "dead_fraction": float(
-                    m.tracker.dead_mask(self.cfg.dead_after_tokens).float().mean()
-                ),
-                "dense_fraction": metrics.dense_fraction(density),
-                "lr": lr,
-                "sparsity_scale": sparsity_scale(max(self.step - 1, 0), self.cfg),
-                "acts_per_s": acts_per_s,
-                **{k: float(v) for k, v in out.metrics.items()},
-            }
+            line = metrics_line(
+                m.last,
+                m.tracker,
+                self.cfg.dead_after_tokens,
+                step=self.step,
+                sae=m.name,
+                tokens=self.tokens,
+                lr=lr,
+                sparsity_scale=scale,
+                acts_per_s=acts_per_s,
+            )
             m.tracker.reset_window()
             self.log.write(**line)
             self.last_metrics[m.name] = line
-            shown.append(
-                f"{m.name if len(self.members) > 1 else ''} L0 {line['l0']:.1f} "
-                f"FVU {line['fvu']:.3f} dead {100 * line['dead_fraction']:.0f}%".strip()
-            )
-        if hasattr(progress, "update"):
-            progress.update(self._task, completed=self.step, metrics=" | ".join(shown))
-
-    def _progress(self) -> Any:
-        from contextlib import nullcontext
-
-        if not self._show_progress:
-            return nullcontext()
-        progress = Progress(
-            TextColumn("[bold]sae[/]"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            console=self._console,
-        )
-        self._task = progress.add_task(
-            "sae", total=self.total_steps, completed=self.step, metrics=""
-        )
-        return progress
-
-    def _trainer_state(self) -> dict[str, Any]:
-        state_dict = getattr(self.source, "state_dict", None)
-        return {
-            "step": self.step,
-            "tokens": self.tokens,
-            "batches": self.batches,
-            "elapsed": self.elapsed,
-            "resampled": self.resampled,
-            "total_steps": self.total_steps,
-            "members": {
-                m.name: {
-                    "optimizer": m.optimizer.state_dict(),
-                    "tracker": m.tracker.state_dict(),
-                    "prescaled": m.prescaled,
-                }
-                for m in self.members
-            },
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "source": state_dict() if callable(state_dict) else None,
-        }
+            shown.append(short_summary(m.name if len(self.members) > 1 else "", line))
+        self.view.update(self.step, self.total_steps, " | ".join(shown))
 
     def checkpoint(self) -> Path:
         """Write a checkpoint of the current step into ``out/checkpoints``."""
@@ -370,41 +308,15 @@ class SAETrainer:
             raise SAEError("checkpoints need an output directory (out=...).")
         saes = {m.name: m.sae for m in self.members}
         return save_training_checkpoint(
-            self.out, self.step, saes, self._trainer_state(), self.cfg.keep_checkpoints
+            self.out, self.step, saes, trainer_state(self), self.cfg.keep_checkpoints
         )
 
     def _resume(self) -> None:
         assert self.out is not None
         path = latest_training_checkpoint(self.out)
-        if path is None:
-            return
-        state = load_training_state(path)
-        missing = [m.name for m in self.members if m.name not in state["members"]]
-        if missing:
-            raise SAEError(
-                f"checkpoint {path} was written for SAEs {sorted(state['members'])}, not "
-                f"{missing}; use another output directory or resume=False."
-            )
-        restore_saes(path, {m.name: m.sae for m in self.members})
-        for m in self.members:
-            saved = state["members"][m.name]
-            m.optimizer.load_state_dict(saved["optimizer"])
-            m.tracker.load_state_dict(saved["tracker"])
-            m.prescaled = bool(saved["prescaled"])
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.batches, self.elapsed = int(state["batches"]), float(state["elapsed"])
-        self.resampled = int(state["resampled"])
-        self.total_steps = self.cfg.total_steps or state["total_steps"]
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self._iter = iter(self.source)
-        load = getattr(self.source, "load_state_dict", None)
-        if callable(load) and state["source"] is not None:
-            load(state["source"])
-        else:  # a plain iterable: replay it past the batches already used
-            for _ in range(self.batches):
-                next(self._iter)
-        self.log.truncate_after(self.step)
+        if path is not None:
+            restore_trainer(self, path)
+            self.log.truncate_after(self.step)
 
     def _save_final(self) -> None:
         assert self.out is not None
@@ -417,22 +329,6 @@ class SAETrainer:
             write_safetensors(
                 {"density": density.float()}, directory / "feature_density.safetensors"
             )
-
-
-def _factor(factors: Mapping[str, float], key: str | None) -> float | None:
-    if key is not None and key in factors:
-        return float(factors[key])
-    if len(factors) == 1 and key is not None:  # a single-hook source: its only factor
-        return float(next(iter(factors.values())))
-    return None
-
-
-def _norm_factor(x: Tensor) -> float:
-    """``sqrt(d) / mean norm``: the factor making the mean norm of `x`'s rows sqrt(d)."""
-    mean_norm = float(x.float().norm(dim=-1).mean())
-    if mean_norm == 0.0:
-        raise SAEError("the first batch is all zeros: cannot estimate a normalisation factor.")
-    return x.shape[-1] ** 0.5 / mean_norm
 
 
 def _config(config: SAETrainConfig | None, settings: dict[str, Any]) -> SAETrainConfig:
