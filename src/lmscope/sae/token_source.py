@@ -32,6 +32,9 @@ from lmscope.data import META, Source, TokenData, resolve_sources, separator_ids
 from lmscope.errors import LmscopeError
 from lmscope.tokenizers import Tokenizer
 
+#: Bytes of text tokenized at a time: small enough that its ids (int64) stay a few MiB.
+_TEXT_CHUNK_BYTES = 1 << 18
+
 #: What `TokenWindows` accepts as a source of tokens.
 TokenSourceLike = str | Path | Source | Sequence[str | Path | Source] | Tensor | Iterable[Any]
 
@@ -177,12 +180,19 @@ class TokenWindows:
             if skip:
                 drop = min(skip, piece.numel())
                 piece, skip = piece[drop:], skip - drop
-            carry = torch.cat([carry, piece]) if carry.numel() else piece
-            n_full = carry.numel() // step
+            if carry.numel():  # complete the window begun by the previous piece
+                need = step - carry.numel()
+                carry, piece = torch.cat([carry, piece[:need]]), piece[need:]
+                if carry.numel() < step:
+                    continue
+                count += 1
+                yield _with_bos(carry, bos)
+            # Windows are views of the piece: nothing the size of the piece is copied.
+            n_full = piece.numel() // step
             for i in range(n_full):
                 count += 1
-                yield _with_bos(carry[i * step : (i + 1) * step], bos)
-            carry = carry[n_full * step :]
+                yield _with_bos(piece[i * step : (i + 1) * step], bos)
+            carry = piece[n_full * step :].clone()
         if skip == 0:
             self._counted = start + count
 
@@ -197,7 +207,7 @@ class TokenWindows:
             separator = torch.tensor(separator_ids(self.tokenizer), dtype=torch.long)
             first = True
             for source in self._text:
-                for chunk in source.iter_chunks():
+                for chunk in source.iter_chunks(chunk_bytes=_TEXT_CHUNK_BYTES):
                     if chunk.starts_document and not first and separator.numel():
                         yield separator
                     first = False
