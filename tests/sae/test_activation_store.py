@@ -263,3 +263,27 @@ def test_the_factor_travels_with_the_sae_and_is_undone_at_inference() -> None:
         torch.testing.assert_close(recon, (latents @ sae.W_dec + sae.b_dec) / factor)
         sae.fold_activation_norm_scaling_factor()
         torch.testing.assert_close(sae(raw), recon, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_resume_through_the_trainer(tmp_path: Path) -> None:
+    model = tiny_model()
+    stream = token_stream(12 * CTX)
+
+    def run(out: Path, stop_at: int | None = None) -> torch.Tensor:
+        store = ActivationStore(
+            model, None, stream, HOOK, context_size=CTX, batch_size_tokens=4 * CTX,
+            store_batch_size=32, buffer_tokens=96, normalize="expected_average_only_in",
+        )  # fmt: skip
+        sae = build_sae(d_in=32, d_sae=48, arch="topk", k=4, hook_name=HOOK, seed=0)
+
+        def stop(trainer) -> None:
+            if trainer.step == stop_at:
+                trainer.request_stop()
+
+        train_sae(sae, store, total_steps=12, lr=1e-2, checkpoint_every=100, out=out, on_step=stop)
+        return sae.W_dec.detach().clone()
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_at=5)  # interrupted: checkpoint at step 5, store mid-buffer
+    resumed = run(tmp_path / "b")
+    torch.testing.assert_close(resumed, straight, rtol=0, atol=0)
