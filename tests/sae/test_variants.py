@@ -103,13 +103,19 @@ def test_topk_sparse_training_path_matches_the_dense_one() -> None:
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[::3] = True
     sparse = sae.training_loss(x, dead_mask=dead)
+    sparse.total.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
     seen = []
     with sae.hooks(fwd_hooks=[("hook_sae_acts_post", lambda a, h: seen.append(a))]):
         dense = sae.training_loss(x, dead_mask=dead)  # a hook forces the dense path
+    dense.total.backward()
     assert seen and seen[0].shape == (32, D_SAE)
     assert torch.allclose(sparse.total, dense.total, rtol=1e-5)
     assert torch.equal(sparse.firing_counts, dense.firing_counts)
     assert float(sparse.aux.detach()) > 0 and float(sparse.l0) == pytest.approx(float(dense.l0))
+    for name, p in sae.named_parameters():  # the sparse backward computes the same gradients
+        assert torch.allclose(sparse_grads[name], p.grad, atol=1e-5), name
 
 
 def test_topk_aux_loss_reaches_only_dead_latents() -> None:

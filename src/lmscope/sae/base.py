@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from lmscope.errors import LmscopeError
 from lmscope.hooks import HookedModule, HookPoint
-from lmscope.sae import metrics
 from lmscope.sae.config import SAEConfig
 from lmscope.serialization import write_json, write_safetensors
 
@@ -73,6 +72,13 @@ class LossOutput:
     target: Tensor
     firing_counts: Tensor
     l0: Tensor
+
+
+def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ weight + bias`` for any leading shape (one fused addmm for matrices)."""
+    if x.dim() == 2:
+        return torch.addmm(bias, x, weight)
+    return x @ weight + bias
 
 
 class SAE(HookedModule):
@@ -182,9 +188,18 @@ class SAE(HookedModule):
     def _center(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
+    def _encoder_bias(self, bias: Tensor) -> Tensor:
+        """`bias` with the input centring folded in: ``(x - b_dec) W + b = x W + (b - b_dec W)``.
+
+        Mathematically the same pre-activations; but b_dec's gradient through the
+        centring then costs a vector-matrix product instead of a full ``[n, d_sae] x
+        [d_sae, d_in]`` matmul (x itself needs no gradient).
+        """
+        return bias - self.b_dec @ self.W_enc if self.cfg.apply_b_dec_to_input else bias
+
     def _hidden_pre(self, x: Tensor) -> Tensor:
         """Pre-activations of normalised inputs."""
-        return self.hook_sae_acts_pre(self._center(x) @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_pre(affine(x, self.W_enc, self._encoder_bias(self.b_enc)))
 
     def activation(self, hidden_pre: Float[Tensor, "*batch d_sae"]) -> Tensor:
         """The variant's non-linearity: pre-activations -> sparse latents."""
@@ -271,17 +286,20 @@ class SAE(HookedModule):
             )
         return x
 
-    def _training_forward(self, x: Tensor) -> TrainForward:
-        """Encode and decode normalised inputs for a training step (variants may specialise)."""
+    def _training_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainForward:
+        """Encode and decode normalised inputs for a training step (variants may specialise;
+        `dead_mask` is for those whose auxiliary loss needs it during the forward pass)."""
         return self._training_forward_from(*self._encode(x))
 
     def _training_forward_from(self, acts: Tensor, pre: Tensor) -> TrainForward:
         """The training forward pass once latents `acts` (from `pre`) are known."""
+        flat = acts.detach().reshape(-1, acts.shape[-1])
+        counts = (flat > 0).sum(0)  # latents are >= 0 in every variant
         return TrainForward(
             reconstruction=self._decode(acts),
             hidden_pre=pre,
-            firing_counts=metrics.firing_counts(acts.detach()),
-            l0=metrics.l0(acts.detach()),
+            firing_counts=counts,
+            l0=counts.sum() / flat.shape[0],  # one pass over the latents for both
             acts=acts,
         )
 
@@ -316,7 +334,7 @@ class SAE(HookedModule):
         """
         x = self.normalize_input(x, prescaled=prescaled)
         target = self._training_target(x, target, prescaled)
-        fwd = self._training_forward(x)
+        fwd = self._training_forward(x, dead_mask)
         recon = fwd.reconstruction
         skip = self._skip(x)
         if skip is not None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from lmscope.sae.base import TrainForward
+from lmscope.sae.base import SAE, TrainForward
 from lmscope.sae.topk import TopKSAE
 
 
@@ -53,11 +53,12 @@ class BatchTopKSAE(TopKSAE):
             smallest = positive.min().to(self.threshold.dtype)
             self.threshold.mul_(1 - lr).add_(lr * smallest)
 
-    def _training_forward(self, x: Tensor) -> TrainForward:
+    def _training_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainForward:
         if self.hook_sae_acts_post.active or x.dim() != 2:
-            fwd = super(TopKSAE, self)._training_forward(x)  # dense: SAE's generic path
+            fwd = SAE._training_forward(self, x, dead_mask)  # dense: the generic path
             assert fwd.acts is not None
             self._update_threshold(fwd.acts.detach().reshape(-1))
+            fwd.extra.update(self._aux_selection(fwd.hidden_pre, dead_mask))
             return fwd
         pre = self._hidden_pre(x)
         n, d_sae = pre.shape
@@ -75,6 +76,7 @@ class BatchTopKSAE(TopKSAE):
             hidden_pre=pre,
             firing_counts=torch.bincount(latents[active], minlength=d_sae),
             l0=active.sum().float() / n,
+            extra=self._aux_selection(pre, dead_mask),
         )
 
     def _extra_losses(

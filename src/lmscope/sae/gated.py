@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmscope.sae.base import SAE, TrainForward
+from lmscope.sae.base import SAE, TrainForward, affine
 
 
 class GatedSAE(SAE):
@@ -45,8 +45,8 @@ class GatedSAE(SAE):
 
     def _gated(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(latents, magnitude pre-activations, gate pre-activations) of normalised inputs."""
-        z = self._center(x) @ self.W_enc  # one matmul serves both paths
-        gate = z + self.b_gate
+        z = affine(x, self.W_enc, self._encoder_bias(torch.zeros_like(self.b_gate)))
+        gate = z + self.b_gate  # one matmul serves both paths
         magnitude = self.hook_sae_acts_pre(z * self.r_mag.exp() + self.b_mag)
         acts = (gate > 0).to(magnitude.dtype) * F.relu(magnitude)
         return self.hook_sae_acts_post(acts), magnitude, gate
@@ -55,7 +55,7 @@ class GatedSAE(SAE):
         acts, magnitude, _ = self._gated(x)
         return acts, magnitude
 
-    def _training_forward(self, x: Tensor) -> TrainForward:
+    def _training_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainForward:
         acts, magnitude, gate = self._gated(x)
         fwd = self._training_forward_from(acts, magnitude)
         fwd.extra["gate"] = gate

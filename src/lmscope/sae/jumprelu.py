@@ -96,10 +96,10 @@ class JumpReLUSAE(SAE):
         threshold = self.threshold.to(hidden_pre.dtype)
         return JumpReLUFunction.apply(hidden_pre, threshold, self.cfg.jumprelu_bandwidth)
 
-    def _training_forward(self, x: Tensor) -> TrainForward:
+    def _training_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainForward:
         with torch.no_grad():  # a negative threshold would let negative pre-activations through
             self.threshold.clamp_(min=0.0)
-        return super()._training_forward(x)
+        return super()._training_forward(x, dead_mask)
 
     def _extra_losses(
         self,

@@ -33,6 +33,8 @@ class StandardSAE(SAE):
         dead_mask: Tensor | None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         assert fwd.acts is not None
-        l1 = (fwd.acts * self.decoder_norms()).sum(-1).mean()
+        acts = fwd.acts.reshape(-1, self.cfg.d_sae)
+        # mean_i sum_j acts_ij |W_dec[j]|, as (sum_i acts_i) . norms / n: no [n, d_sae] product
+        l1 = acts.sum(0) @ self.decoder_norms() / acts.shape[0]
         sparsity = (self.cfg.l1_coefficient * sparsity_scale) * l1
         return sparsity, l1.new_zeros(()), {"l1": l1.detach()}
