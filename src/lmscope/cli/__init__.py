@@ -37,6 +37,7 @@ from lmscope.cli import (  # noqa: E402, F401
     patch,
     probe,
     sae,
+    sae_files,
     sae_run,
     steer,
     tokenizer,

@@ -2,7 +2,8 @@
 
 - `SAEConfig`, `build_sae`, `load_sae`: make or open an SAE of any variant (ReLU-L1
   ``standard``, ``topk``, ``batchtopk``, ``jumprelu``, ``gated``; transcoders of each).
-- `train_sae` / `train_saes`: the training loop over any iterator of activation batches.
+- `train_sae` / `train_saes` (`SAETrainConfig`): the training loop over any iterator of
+  activation batches.
 - `save_saelens` / `load_saelens`: SAELens's on-disk format, both ways.
 - `metrics`: L0, MSE, FVU, dead / dense fractions, feature density.
 - `ActivationStore` / `cache_activations`: shuffled activation batches from text, in
@@ -37,7 +38,29 @@ from lmscope.sae.token_source import TokenWindows
 from lmscope.sae.topk import TopKSAE
 from lmscope.sae.transcoder import transcoder_class
 
+#: Names imported on first use (the trainer pulls in the training stack; SAELens I/O is
+#: rarely needed): name -> module.
+_LAZY = {
+    "SAETrainConfig": "lmscope.sae.train_config",
+    "SAETrainResult": "lmscope.sae.trainer",
+    "SAETrainer": "lmscope.sae.trainer",
+    "train_sae": "lmscope.sae.trainer",
+    "train_saes": "lmscope.sae.trainer",
+    "load_saelens": "lmscope.sae.interop",
+    "save_saelens": "lmscope.sae.interop",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lmscope.sae' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "ARCHITECTURES",
     "ARCHS",
     "SAE",

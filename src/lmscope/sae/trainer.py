@@ -82,6 +82,7 @@ class _Member:
         self.tracker = metrics.FiringTracker(sae.d_sae, sae.W_enc.device)
         self.prescaled = False  # batches come already multiplied by the scale factor
         self.last: LossOutput | None = None
+        self.density = self.tracker.density()  # feature density of the last logged window
 
     def input_key(self, batch: Any) -> str:
         """The hook this SAE reads: its config's ``hook_name`` if the batch has it."""
@@ -296,6 +297,7 @@ class SAETrainer:
                 sparsity_scale=scale,
                 acts_per_s=acts_per_s,
             )
+            m.density = m.tracker.density()  # of the window this line covers
             m.tracker.reset_window()
             self.log.write(**line)
             self.last_metrics[m.name] = line
@@ -325,7 +327,8 @@ class SAETrainer:
             summary = {k: v for k, v in self.last_metrics.get(m.name, {}).items() if k != "sae"}
             summary.update(steps=self.step, tokens=self.tokens, elapsed_s=self.elapsed)
             m.sae.save(directory, extra=summary)
-            density = m.tracker.window_counts.double() / max(m.tracker.window_inputs, 1)
+            # the window since the last log line, else the last line's
+            density = m.tracker.density() if m.tracker.window_inputs else m.density
             write_safetensors(
                 {"density": density.float()}, directory / "feature_density.safetensors"
             )
