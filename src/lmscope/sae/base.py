@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from lmscope.errors import LmscopeError
 from lmscope.hooks import HookedModule, HookPoint
 from lmscope.sae.config import SAEConfig
+from lmscope.sae.outputs import LossOutput, TrainForward
 from lmscope.serialization import write_json, write_safetensors
 
 CONFIG_FILE = "config.json"
@@ -41,37 +41,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 class SAEError(LmscopeError, ValueError):
     """Input an SAE cannot take (wrong width, missing target) or an unsupported operation."""
-
-
-@dataclass
-class TrainForward:
-    """What a variant's training forward pass produces (in normalised units)."""
-
-    reconstruction: Tensor  # [n, d_out]
-    hidden_pre: Tensor  # [n, d_sae]
-    firing_counts: Tensor  # [d_sae] int64: inputs each latent fired on
-    l0: Tensor  # mean active latents per input
-    acts: Tensor | None = None  # [n, d_sae] dense latents, when the variant built them
-    extra: dict[str, Tensor] = field(default_factory=dict)  # variant-specific pieces
-
-
-@dataclass
-class LossOutput:
-    """The training loss and its parts: ``total = mse + sparsity + aux``.
-
-    `reconstruction` and `target` are in the SAE's normalised units; `metrics` holds
-    detached scalars a variant wants logged. Nothing here forces a device sync.
-    """
-
-    total: Tensor
-    mse: Tensor
-    sparsity: Tensor
-    aux: Tensor
-    metrics: dict[str, Tensor]
-    reconstruction: Tensor
-    target: Tensor
-    firing_counts: Tensor
-    l0: Tensor
 
 
 def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
