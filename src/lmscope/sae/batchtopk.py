@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from lmscope.sae.base import SAE, TrainForward
+from lmscope.sae.base import TrainForward
+from lmscope.sae.sparse import grid_rows, select, sparse_decode, sparse_path_ok
 from lmscope.sae.topk import TopKSAE
 
 
@@ -54,30 +55,33 @@ class BatchTopKSAE(TopKSAE):
             self.threshold.mul_(1 - lr).add_(lr * smallest)
 
     def _training_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainForward:
-        if self.hook_sae_acts_post.active or x.dim() != 2:
-            fwd = SAE._training_forward(self, x, dead_mask)  # dense: the generic path
+        if not sparse_path_ok(self, x):
+            fwd = super()._training_forward(x, dead_mask)  # dense: TopK's, with our activation
             assert fwd.acts is not None
             self._update_threshold(fwd.acts.detach().reshape(-1))
-            fwd.extra.update(self._aux_selection(fwd.hidden_pre, dead_mask))
             return fwd
-        pre = self._hidden_pre(x)
-        n, d_sae = pre.shape
-        values, flat = self._batch_select(pre)
-        # Group the kept entries by input so embedding_bag can sum each input's rows.
-        order = flat.argsort()
-        flat, values = flat[order], values[order]
-        rows, latents = flat // d_sae, flat % d_sae
-        offsets = torch.searchsorted(rows, torch.arange(n, device=rows.device))
-        recon = self.hook_sae_recons(self._sparse_decode(values, latents, offsets) + self.b_dec)
+        n, d_sae = x.shape[0], self.cfg.d_sae
+        bias = self._encoder_bias(self.b_enc)
+        with torch.no_grad():
+            pre = torch.addmm(bias, x, self.W_enc)
+            flat = self._batch_select(pre)[1].sort().values  # input by input
+        rows, cols = flat // d_sae, flat % d_sae
+        values = F.relu(select(x, self.W_enc, bias, pre, rows, cols))
+        recon = sparse_decode(values, rows, cols, n, self.W_dec) + self.b_dec
         self._update_threshold(values.detach())
         active = values.detach() > 0
-        return TrainForward(
-            reconstruction=recon,
+        fwd = TrainForward(
+            reconstruction=self.hook_sae_recons(recon),
             hidden_pre=pre,
-            firing_counts=torch.bincount(latents[active], minlength=d_sae),
-            l0=active.sum().float() / n,
-            extra=self._aux_selection(pre, dead_mask),
+            firing_counts=torch.bincount(cols[active], minlength=d_sae),
+            l0=active.sum() / n,
         )
+        aux = self._aux_indices(pre, dead_mask)
+        if aux is not None:
+            aux_rows, aux_cols = grid_rows(n, aux[0].shape[1], x.device), aux[0].reshape(-1)
+            aux_values = select(x, self.W_enc, bias, pre, aux_rows, aux_cols)
+            fwd.extra.update(self._aux_extra(aux_values, aux_rows, aux_cols, aux[1]))
+        return fwd
 
     def _extra_losses(
         self,

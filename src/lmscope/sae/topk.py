@@ -8,17 +8,12 @@ revives them: the top ``aux_k`` pre-activations among the *dead* latents (not fi
 for the trainer's ``dead_after_tokens``) must reconstruct the residual error of the main
 reconstruction, weighted by ``aux_k_coefficient`` (scaled down while few are dead).
 
-Training touches only the selected entries after the encoder's matmul: the
-reconstruction is an ``embedding_bag`` over the k chosen decoder rows (k * d_out
-multiply-adds per input instead of d_sae * d_out), and `SparseTopKEncoder`'s backward
-builds the encoder's gradient from the k (+ aux_k) selected entries per input with a
-sparse matmul instead of a dense ``[d_in, n] x [n, d_sae]`` one. A hook on the
-pre-activations or latents switches back to the dense path, which computes the same.
+Training takes the sparse path (`lmscope.sae.sparse`): after the encoder's matmul only
+the k (+ aux_k) selected entries per input are touched. A hook on the pre-activations
+or latents switches to the dense path, which computes the same.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,67 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lmscope.sae.base import SAE, TrainForward
-
-_SPARSE_DTYPES = (torch.float32, torch.float64)
-
-
-class SparseTopKEncoder(torch.autograd.Function):
-    """``pre = x @ W + bias``; each row's top k, and its top `k_aux` among `candidates`.
-
-    Returns (values, indices, aux values, aux indices, pre). Only the values carry
-    gradients, and the backward only reads the selected entries.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor,
-        k: int,
-        candidates: Tensor | None,
-        k_aux: int,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        pre = torch.addmm(bias, x, weight)
-        values, indices = pre.topk(k, dim=-1, sorted=False)
-        if k_aux > 0 and candidates is not None:
-            masked = pre.masked_fill(~candidates, float("-inf"))
-            aux_values, aux_indices = masked.topk(k_aux, dim=-1, sorted=False)
-        else:
-            aux_values, aux_indices = pre.new_zeros(pre.shape[0], 0), indices[:, :0]
-        ctx.save_for_backward(x, weight, indices, aux_indices)
-        ctx.mark_non_differentiable(indices, aux_indices, pre)
-        return values, indices, aux_values, aux_indices, pre
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_values: Tensor | None, _i: Any, grad_aux: Tensor | None, _a: Any, _p: Any
-    ) -> tuple[Tensor | None, ...]:
-        x, weight, indices, aux_indices = ctx.saved_tensors
-        n, d_sae = x.shape[0], weight.shape[1]
-        if grad_values is None:
-            grad_values = x.new_zeros(indices.shape)
-        if grad_aux is None:
-            grad_aux = x.new_zeros(aux_indices.shape)
-        latents = torch.cat([indices, aux_indices], 1)
-        grads = torch.cat([grad_values, grad_aux], 1)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:  # row i: sum_j g_ij W[:, latent_ij]
-            grad_x = F.embedding_bag(
-                latents, weight.T.contiguous(), mode="sum", per_sample_weights=grads
-            )
-        if ctx.needs_input_grad[1]:  # column j of W: sum over the rows that selected j
-            rows = torch.arange(n, device=x.device).repeat_interleave(latents.shape[1])
-            selected = torch.sparse_coo_tensor(
-                torch.stack([latents.reshape(-1), rows]),
-                grads.reshape(-1),
-                (d_sae, n),
-                check_invariants=False,
-            )
-            grad_w = torch.sparse.mm(selected, x).T.contiguous()
-        if ctx.needs_input_grad[2]:
-            grad_b = x.new_zeros(d_sae).index_add_(0, latents.reshape(-1), grads.reshape(-1))
-        return grad_x, grad_w, grad_b, None, None, None
+from lmscope.sae.sparse import grid_rows, select, sparse_decode, sparse_path_ok
 
 
 class TopKSAE(SAE):
@@ -95,21 +30,10 @@ class TopKSAE(SAE):
     arch = "topk"
     scale_invariant_latents = False
 
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        """Values (after ReLU) and indices of each input's k largest pre-activations."""
-        values, indices = pre.topk(int(self.cfg.k), dim=-1, sorted=False)
-        return F.relu(values), indices
-
     def activation(self, hidden_pre: Float[Tensor, "*batch d_sae"]) -> Tensor:
         """Dense latents: the k largest pre-activations (ReLU'd), zeros elsewhere."""
-        values, indices = self._select(hidden_pre)
-        return torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
-
-    def _sparse_decode(
-        self, values: Tensor, indices: Tensor, offsets: Tensor | None = None
-    ) -> Tensor:
-        """``sum_j values_j W_dec[indices_j]`` per input, without a dense latent matrix."""
-        return F.embedding_bag(indices, self.W_dec, offsets, mode="sum", per_sample_weights=values)
+        values, indices = hidden_pre.topk(int(self.cfg.k), dim=-1, sorted=False)
+        return torch.zeros_like(hidden_pre).scatter_(-1, indices, F.relu(values))
 
     def _aux_size(self, dead_mask: Tensor | None) -> tuple[int, float]:
         """(dead latents in the AuxK loss, its scale): fewer dead than aux_k, a smaller loss."""
@@ -119,45 +43,55 @@ class TopKSAE(SAE):
         k_aux = self.cfg.aux_k or max(self.cfg.d_in // 2, 1)
         return min(k_aux, n_dead), min(n_dead / k_aux, 1.0)
 
-    def _aux_selection(self, pre: Tensor, dead_mask: Tensor | None) -> dict[str, Tensor]:
-        """The AuxK inputs from dense pre-activations (the dense path)."""
+    def _aux_indices(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, float] | None:
+        """Each input's top dead latents (``[n, k_aux]``) and the loss scale, if any are dead."""
         k_aux, scale = self._aux_size(dead_mask)
         if k_aux == 0:
-            return {}
+            return None
         assert dead_mask is not None
-        pre = pre.reshape(-1, self.cfg.d_sae)
-        masked = pre.masked_fill(~dead_mask.to(pre.device), float("-inf"))
-        values, indices = masked.topk(k_aux, dim=-1, sorted=False)
-        return {"aux_values": values, "aux_indices": indices, "aux_scale": pre.new_tensor(scale)}
-
-    def _sparse_ok(self, x: Tensor) -> bool:
-        hooked = self.hook_sae_acts_pre.active or self.hook_sae_acts_post.active
-        return not hooked and x.dim() == 2 and x.dtype in _SPARSE_DTYPES
+        masked = pre.detach().masked_fill(~dead_mask.to(pre.device), float("-inf"))
+        return masked.topk(k_aux, dim=-1, sorted=False).indices, scale
 
     def _training_forward(self, x: Tensor, dead_mask: Tensor | None) -> TrainForward:
-        if not self._sparse_ok(x):
+        if not sparse_path_ok(self, x):
             fwd = super()._training_forward(x, dead_mask)
-            fwd.extra.update(self._aux_selection(fwd.hidden_pre, dead_mask))
+            pre = fwd.hidden_pre.reshape(-1, self.cfg.d_sae)
+            aux = self._aux_indices(pre, dead_mask)
+            if aux is not None:  # the dense path: gather from the differentiable pre
+                n, k_aux = aux[0].shape
+                rows, cols = grid_rows(n, k_aux, pre.device), aux[0].reshape(-1)
+                fwd.extra.update(self._aux_extra(pre[rows, cols], rows, cols, aux[1]))
             return fwd
-        k_aux, scale = self._aux_size(dead_mask)
-        candidates = dead_mask.to(x.device)[None] if k_aux else None
-        values, indices, aux_values, aux_indices, pre = SparseTopKEncoder.apply(
-            x, self.W_enc, self._encoder_bias(self.b_enc), int(self.cfg.k), candidates, k_aux
-        )
-        values = F.relu(values)
-        recon = self.hook_sae_recons(self._sparse_decode(values, indices) + self.b_dec)
+        n, k = x.shape[0], int(self.cfg.k)
+        bias = self._encoder_bias(self.b_enc)
+        with torch.no_grad():
+            pre = torch.addmm(bias, x, self.W_enc)
+            cols = pre.topk(k, dim=-1, sorted=False).indices.reshape(-1)
+        rows = grid_rows(n, k, x.device)
+        values = F.relu(select(x, self.W_enc, bias, pre, rows, cols))
+        recon = sparse_decode(values, rows, cols, n, self.W_dec) + self.b_dec
         active = values.detach() > 0
-        extra = {}
-        if k_aux:
-            extra = {"aux_values": aux_values, "aux_indices": aux_indices}
-            extra["aux_scale"] = x.new_tensor(scale)
-        return TrainForward(
-            reconstruction=recon,
+        fwd = TrainForward(
+            reconstruction=self.hook_sae_recons(recon),
             hidden_pre=pre,
-            firing_counts=torch.bincount(indices[active], minlength=self.cfg.d_sae),
-            l0=active.sum(-1).float().mean(),
-            extra=extra,
+            firing_counts=torch.bincount(cols[active], minlength=self.cfg.d_sae),
+            l0=active.sum() / n,
         )
+        aux = self._aux_indices(pre, dead_mask)
+        if aux is not None:
+            aux_rows, aux_cols = grid_rows(n, aux[0].shape[1], x.device), aux[0].reshape(-1)
+            aux_values = select(x, self.W_enc, bias, pre, aux_rows, aux_cols)
+            fwd.extra.update(self._aux_extra(aux_values, aux_rows, aux_cols, aux[1]))
+        return fwd
+
+    @staticmethod
+    def _aux_extra(values: Tensor, rows: Tensor, cols: Tensor, scale: float) -> dict[str, Tensor]:
+        return {
+            "aux_values": values,
+            "aux_rows": rows,
+            "aux_cols": cols,
+            "aux_scale": values.new_tensor(scale),
+        }
 
     def _aux_loss(self, target: Tensor, fwd: TrainForward) -> Tensor:
         """AuxK: the top dead latents reconstruct what the live ones missed."""
@@ -165,9 +99,12 @@ class TopKSAE(SAE):
             return fwd.reconstruction.new_zeros(())
         residual = (target - fwd.reconstruction).detach()
         residual = residual.reshape(-1, residual.shape[-1])
-        aux_recon = self._sparse_decode(fwd.extra["aux_values"], fwd.extra["aux_indices"])
-        loss = (aux_recon - residual).pow(2).sum(-1).mean()
-        return (self.cfg.aux_k_coefficient * fwd.extra["aux_scale"]) * loss
+        e = fwd.extra
+        recon = sparse_decode(
+            e["aux_values"], e["aux_rows"], e["aux_cols"], residual.shape[0], self.W_dec
+        )
+        loss = (recon - residual).pow(2).sum(-1).mean()
+        return (self.cfg.aux_k_coefficient * e["aux_scale"]) * loss
 
     def _extra_losses(
         self,
