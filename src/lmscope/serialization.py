@@ -44,6 +44,11 @@ def atomic_write(path: str | Path, write: Any) -> None:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file owner-only (0600); give it the permissions a plain
+        # open() would have (0666 less the umask), so saved models can be shared.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
