@@ -124,7 +124,7 @@ class InterpretStudy:
         seconds = time.perf_counter() - self.started
         today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         made = (
-            f"Made by `{command}` in {seconds / 60:.1f} min ({self.load_seconds:.0f} s of "
+            f"Made by `{command}` in {_duration(seconds)} ({self.load_seconds:.0f} s of "
             f"it loading the model) on {today}; model: {self.label}; machine: "
             f"{describe_machine(torch.device('cpu'))}."
         )
@@ -136,6 +136,11 @@ class InterpretStudy:
         path.write_text("\n\n".join(part.strip() for part in body) + "\n")
         console.print(f"wrote {path}")
         return path
+
+
+def _duration(seconds: float) -> str:
+    """'42 s' under a minute and a half, else '2.3 min'."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 @contextlib.contextmanager
@@ -167,7 +172,8 @@ def open_interpret(
 
 def code_block(text: str) -> str:
     """`text` in a fenced markdown code block."""
-    return f"```text\n{text.rstrip()}\n```"
+    lines = [line.rstrip() for line in text.strip("\n").splitlines()]
+    return "```text\n" + "\n".join(lines) + "\n```"
 
 
 def image(study: InterpretStudy, path: Path, alt: str) -> str:

@@ -49,6 +49,19 @@ CORRUPTED = (
     "The Vatican is in the city of",
 )
 TARGET, BASELINE = " Paris", " Rome"
+#: A reading of the neuron table written by hand after the full run on SmolLM2; it is
+#: printed only when those neurons are among the ones found (as on that run).
+NEURON_NOTE = (
+    {"L24N1005", "L25N1120", "L27N1392"},
+    "Read by hand: L24N1005, the largest, fires negatively here (about -22), and minus "
+    "its value promotes ` capitals`, ` metropolis` and ` saint`: a capital-city memory "
+    "rather than a Paris one. L25N1120's value promotes French-looking pieces (` pour`, "
+    "`ateur`, `iques`, ` dé`) and its strongest Shakespeare contexts are the French of "
+    '*Henry VI* ("Paysans, pauvres gens de France"); L27N1392 fires there too, on '
+    '" France", and on "the Bastard of Orleans". On this small sample their keys look '
+    "like France, their values like capitals and French; ` Paris` itself ranks no better "
+    "than 276th among any of the five values' promotions.",
+)
 #: A patched cell "carries the fact" when it restores at least this share of the clean
 #: logit difference (0 = corrupted run, 1 = clean run).
 THRESHOLD = 0.5
@@ -250,6 +263,9 @@ def run(study: InterpretStudy, n_neurons: int, corpus_tokens: int) -> dict[str, 
             neuron_rows,
         )
     )
+    found = {f"L{x['layer']}N{x['neuron']}" for x in neuron_numbers}
+    if NEURON_NOTE[0] <= found:
+        sections.append(NEURON_NOTE[1])
 
     study.lap("neurons")
     # --- 4. activation patching ---------------------------------------------------------

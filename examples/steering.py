@@ -8,8 +8,8 @@ generates (`steer`). The effect is measured as the change in log-probability of
 positive target words (" great", " wonderful", ...) and of negative ones, next-token
 and over a greedy continuation (`steering_effect`).
 
-A short sweep over layers at one coefficient picks the layer (``--layer`` fixes it);
-then the chosen layer is measured at every coefficient. Writes
+A sweep over layers at coefficient 1 picks the layer that raises the positive words
+most (``--layer`` fixes it); then that layer is measured at every coefficient. Writes
 docs/studies/steering.md and its picture::
 
     python examples/steering.py            # a few minutes on a 2-core CPU
@@ -38,8 +38,11 @@ PROMPTS = (
 )
 POSITIVE = (" great", " wonderful", " happy", " love", " good", " beautiful", " amazing")
 NEGATIVE = (" terrible", " awful", " sad", " hate", " bad", " horrible", " angry")
-COEFFICIENTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
-SWEEP_COEFFICIENT = 4.0
+#: The vector is large next to the stream (see the report), so the useful range starts
+#: well below 1; the largest coefficients show where steering breaks the model, and
+#: negative ones steer the other way (towards "Hate").
+COEFFICIENTS = (-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+SWEEP_COEFFICIENT = 1.0
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -70,10 +73,10 @@ def vector_at(study: InterpretStudy, layer: int) -> Any:
 
 
 def sweep_layers(n_layers: int, quick: bool) -> list[int]:
-    """Layers the sweep tries: every few blocks through the first two thirds."""
+    """Layers the sweep tries: every other block, all but the last few."""
     if quick:
         return list(range(n_layers))
-    return list(range(2, 2 * n_layers // 3 + 1, 2))
+    return list(range(1, n_layers - 4, 2))
 
 
 def run(study: InterpretStudy, n_tokens: int) -> dict[str, Any]:
@@ -102,7 +105,7 @@ def run(study: InterpretStudy, n_tokens: int) -> dict[str, Any]:
                 "separation": row["delta_vs_baseline"],
             }
         )
-    best = max(sweep, key=lambda r: r["separation"])
+    best = max(sweep, key=lambda r: r["delta"])
     layer = best["layer"]
 
     # --- 2. the chosen layer at every coefficient ------------------------------------
@@ -139,6 +142,7 @@ def run(study: InterpretStudy, n_tokens: int) -> dict[str, Any]:
     effect_table = markdown_table(
         [
             "coefficient",
+            "c x |vector| / |stream|",
             "mean log p(positive)",
             "Δ positive",
             "Δ negative",
@@ -147,7 +151,8 @@ def run(study: InterpretStudy, n_tokens: int) -> dict[str, Any]:
         ],
         [
             [
-                fmt(r["coefficient"], 0),
+                fmt(r["coefficient"], 2),
+                fmt(r["coefficient"] * vec.norm / resid_norm, 2),
                 fmt(r["target_logprob"]),
                 fmt(r["delta"]),
                 fmt(r["baseline_delta"]),
@@ -159,7 +164,7 @@ def run(study: InterpretStudy, n_tokens: int) -> dict[str, Any]:
     )
     texts = effect.continuations or {}
     gen_rows = [
-        [fmt(c, 0), *[cell(PROMPTS[i] + t) for i, t in enumerate(texts[c][:3])]]
+        [fmt(c, 2), *[cell(PROMPTS[i] + t) for i, t in enumerate(texts[c][:3])]]
         for c in effect.coefficients
     ]
     gen_table = markdown_table(["coefficient", *[f"prompt {i + 1}" for i in range(3)]], gen_rows)
@@ -167,8 +172,8 @@ def run(study: InterpretStudy, n_tokens: int) -> dict[str, Any]:
         "## Choosing the layer\n\n"
         f"The vector at the input of each block, added at coefficient {SWEEP_COEFFICIENT:g} "
         "to every position of the prompts; mean change (nats) of the next-token "
-        "log-probability of the positive and the negative words. The layer with the "
-        f"largest separation is used below: **block {layer}**.\n\n" + sweep_table,
+        "log-probability of the positive and the negative words. The layer that raises "
+        f"the positive words most is used below: **block {layer}**.\n\n" + sweep_table,
         "## Effect against the coefficient\n\n"
         f"At block {layer}: |vector| = {vec.norm:.1f}, while the residual stream there has a "
         f"mean norm of {resid_norm:.1f} (positions after the first). Log-probabilities are "
@@ -180,8 +185,9 @@ def run(study: InterpretStudy, n_tokens: int) -> dict[str, Any]:
         + image(study, study.picture(), "steering effect by coefficient"),
         "## Generations\n\n"
         f"Greedy continuations ({n_tokens} tokens) of the first three prompts under each "
-        "coefficient (the prompt is steered too):\n\n" + gen_table,
-        interpretation(rows, layer),
+        "coefficient (the prompt is steered too; negative coefficients add the "
+        '"Hate" - "Love" direction):\n\n' + gen_table,
+        interpretation(rows, layer, vec.norm / resid_norm),
     ]
     pairs = ", ".join(f'"{p}"/"{n}"' for p, n in STEERING_PAIRS)
     intro = (
@@ -211,21 +217,38 @@ def stream_norm(study: InterpretStudy, hook: str) -> float:
     return float(torch.cat(norms).mean())
 
 
-def interpretation(rows: list[dict[str, Any]], layer: int) -> str:
-    """What the numbers show, from the numbers."""
-    by_c = {r["coefficient"]: r for r in rows}
-    top = max(by_c)
-    mid = 4.0 if 4.0 in by_c else top
-    return (
+def interpretation(rows: list[dict[str, Any]], layer: int, ratio: float) -> str:
+    """What the numbers show, from the numbers (the generations are there to read)."""
+    best = max(rows, key=lambda r: r["delta"])
+    top = rows[-1]
+    broken = [r["coefficient"] for r in rows if r["coefficient"] > 0 and r["delta"] < 0]
+    text = (
         "## What the numbers show\n\n"
-        f"Adding the vector at block {layer} raises the positive words' next-token "
-        f"log-probability by {by_c[mid]['delta']:.2f} nats at coefficient {mid:g} and "
-        f"{by_c[top]['delta']:.2f} at {top:g}, while the negative words move by "
-        f"{by_c[mid]['baseline_delta']:.2f} and {by_c[top]['baseline_delta']:.2f}. "
-        "The generations above show what that does to the text, including where a large "
-        "coefficient starts to break fluency. One vector, five prompts, greedy decoding: "
-        "a demonstration that the direction moves sentiment, not a measurement of how "
-        "reliably."
+        f"At block {layer}, the vector raises the positive words' next-token "
+        f"log-probability most at coefficient {best['coefficient']:g} "
+        f"({best['delta']:+.2f} nats), where the negative words move by "
+        f"{best['baseline_delta']:+.2f}: the direction separates the two sets. "
+    )
+    if broken:
+        c = min(broken)
+        text += (
+            f"From coefficient {c:g} on (the added vector {c * ratio:.1f} times the "
+            "stream's mean norm) the positive words lose probability too "
+            f"({top['delta']:+.2f} nats at {top['coefficient']:g}): the vector then "
+            "overwhelms the stream rather than steering it. "
+        )
+    negative = [r for r in rows if r["coefficient"] < 0]
+    if negative:
+        low = max(negative, key=lambda r: r["baseline_delta"])
+        text += (
+            "Steering the other way raises the negative words most at coefficient "
+            f"{low['coefficient']:g} ({low['baseline_delta']:+.2f} nats, positive words "
+            f"{low['delta']:+.2f}). "
+        )
+    return text + (
+        "The log-probabilities do not measure fluency: the generations do. "
+        "One vector, five prompts, greedy decoding: this shows that the direction moves "
+        "sentiment on these prompts, not how reliably it does so in general."
     )
 
 

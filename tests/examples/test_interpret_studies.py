@@ -85,7 +85,7 @@ def test_attention_head_study_prints_the_pattern(tmp_path: Path) -> None:
 def test_steering_study_coefficient_zero_is_the_reference(tmp_path: Path) -> None:
     numbers, report = run_study("steering", tmp_path)
     rows = {r["coefficient"]: r for r in numbers["rows"]}
-    assert set(rows) == {0.0, 1.0, 2.0, 4.0, 8.0, 16.0}
+    assert set(rows) == {-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0}
     assert rows[0.0]["delta"] == 0.0 and rows[0.0]["baseline_delta"] == 0.0
     assert all(math.isfinite(r["delta"]) for r in rows.values())
     assert numbers["layer"] in [r["layer"] for r in numbers["sweep"]]
@@ -111,3 +111,22 @@ def test_minilm_study_on_the_real_model(tmp_path: Path) -> None:
     layer, _head, score = numbers["best_previous"]
     assert layer == 0 and score > 0.9
     assert "SmolLM2" not in report and "minilm" in report
+
+
+def test_induction_study_trains_measures_and_ablates(tmp_path: Path) -> None:
+    numbers, report = run_study("induction_heads", tmp_path, "--steps", "4")
+    pretrained = numbers["pretrained"]
+    # The script checks its per-position halves against the detector's own loss report;
+    # here: an ablation row per plan, each with a consistent gap.
+    assert pretrained["ablations"][0]["ablated"] == "none"
+    assert len(pretrained["ablations"]) == 3 and len(pretrained["best"]) == 4
+    assert not set(pretrained["best"]) & set(pretrained["control"])
+    for label in ("shakespeare", "copying"):
+        t = numbers["trained"][label]
+        assert t["steps"] == 4
+        assert t["induction_head"][0] >= 1  # induction needs an earlier layer
+        assert t["previous_head"][0] == 0
+        for row in t["ablations"]:
+            assert math.isfinite(row["gap"])
+            assert row["gap"] == pytest.approx(row["first_half"] - row["second_half"])
+    assert "## 3. The same model trained on the copying task" in report
