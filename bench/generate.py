@@ -19,8 +19,9 @@ processes hits all alike; ratios within a run are the numbers to compare:
 - ``lmscope raw loop fp32``: the model's forward + argmax through the KV cache, no
   generation bookkeeping: what `generate` itself costs is the gap to this.
 - ``weights nt`` / ``weights nn``: every matmul of one decoding step and nothing else
-  (``x @ W.T`` as ``nn.Linear`` does, or ``x @ W`` with W stored transposed), repeated
-  once per token: the floor set by streaming the weights from memory, in each layout.
+  (``x @ W.T`` with W stored [out, in] as plain ``nn.Linear``, or ``x @ W`` with W
+  stored [in, out] as lmscope stores fp32 weights on CPU), repeated once per token: the
+  floor set by the products alone, in each layout.
 - bf16 rows (unless ``--no-bf16``): both models with bf16 weights, fewer rounds.
 
 ``--profile`` adds torch.profiler's per-op self CPU time per token, for both models: of
@@ -147,11 +148,14 @@ def raw_loop(model: BaseTransformer, prompt: Tensor, n_new: int) -> list[int]:
 
 def weights_floor(model: BaseTransformer, n_new: int, layout: str) -> Callable[[], None]:
     """Every matmul of one decoding step (batch 1), `n_new` times: ``nt`` = ``x @ W.T``
-    (``nn.Linear``, lmscope's layout), ``nn`` = ``x @ W`` with W stored [in, out]."""
+    with W stored [out, in] (plain ``nn.Linear``), ``nn`` = ``x @ W`` with W stored
+    [in, out] (what lmscope stores in fp32 on CPU, model/layout.py; GPT-2's Conv1D)."""
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     weights.append(model.W_E)  # the (tied) unembedding
     if layout == "nn":
         weights = [w.t().contiguous() for w in weights]
+    else:
+        weights = [w.contiguous() for w in weights]
     xs = {d: torch.randn(1, d) for w in weights for d in w.shape}
 
     def run() -> None:

@@ -225,13 +225,15 @@ def test_clear_errors_for_bad_inputs() -> None:
 def test_inference_logits_equal_autograd_logits() -> None:
     # The inference path writes logits into row-padded memory; the values must not move.
     model = build_model(small("gpt2-small", vocab_size=61)).eval()
-    tokens = torch.randint(0, 61, (2, 5))
+    tokens = torch.randint(0, 61, (2, 40))  # 80 rows: PADDED_MIN_ROWS or more
     with torch.inference_mode():
         fast = model(tokens)
     slow = model(tokens)
     assert not fast.is_contiguous() and slow.is_contiguous()
     assert torch.equal(fast, slow.detach())
-    assert fast.view(-1, 61).shape == (10, 61)
+    assert fast.view(-1, 61).shape == (80, 61)
+    with torch.inference_mode():
+        assert model(tokens[:, :5]).is_contiguous()  # few rows (decoding): plain product
 
 
 def test_inference_logits_follow_autocast() -> None:

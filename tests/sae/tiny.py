@@ -20,7 +20,9 @@ def tiny_model(preset: str = "gpt2-small", n_layers: int = 3, seed: int = 0) -> 
     model = build_model(small(preset, n_layers=n_layers), seed=seed).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(
+                torch.randn(p.shape, dtype=p.dtype) * 0.05
+            )  # drawn in shape order, not memory order
     return model
 
 

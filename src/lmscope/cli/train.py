@@ -91,6 +91,7 @@ def _summary(r: TrainResult, reference: str | None) -> None:
         ("steps", f"{r.steps:,}"),
         ("tokens", f"{r.tokens:,}"),
         ("training time", f"{r.elapsed_s / 60:.1f} min"),
+        ("ran on", f"{r.device}, {r.precision}" + (", compiled" if r.compiled else "")),
         ("last train loss", _fmt(r.train_loss)),
         ("last val loss", _fmt(r.val_loss)),
         ("best val loss", _fmt(r.best_val_loss)),

@@ -62,6 +62,10 @@ class Unembed(nn.Module):
         return linear_padded_rows(x, weight, self.bias)
 
 
+#: Fewest rows for which `linear_padded_rows` pads (1.4x at 256 rows, none at 1-16 here).
+PADDED_MIN_ROWS = 64
+
+
 def linear_padded_rows(
     x: Float[Tensor, "*batch d_in"], weight: Float[Tensor, "d_out d_in"], bias: Tensor | None
 ) -> Float[Tensor, "*batch d_out"]:
@@ -74,13 +78,16 @@ def linear_padded_rows(
     to 16 floats and return the ``[..., :d_out]`` view: bit-identical values, a row
     stride that is not ``d_out`` (``is_contiguous()`` is False; ``.view(-1, d_out)``
     still works). Under autocast, ``out=`` calls would silently stay in full precision,
-    so autocast takes ``F.linear`` like everything else.
+    so autocast takes ``F.linear`` like everything else. Below `PADDED_MIN_ROWS` rows
+    (decoding) the padding gains nothing with [in, out]-stored weights (model/layout.py)
+    and MKL may then pick another kernel for the two strides, so those stay plain.
     """
     d_out = weight.shape[0]
     padded = -(-d_out // 16) * 16
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     plain = needs_grad or x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type)
-    if padded == d_out or plain:
+    few_rows = x.numel() < PADDED_MIN_ROWS * x.shape[-1]
+    if padded == d_out or plain or few_rows:
         return F.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])
     out = flat.new_empty(flat.shape[0], padded)[:, :d_out]

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmscope.errors import LmscopeError
+from lmscope.model.layout import use_row_major
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def wrap(model: nn.Module, info: Dist, fsdp: bool, device: torch.device) -> nn.M
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        use_row_major(model)  # FSDP flattens parameters and refuses strided ones
         for block in _blocks(model):
             fully_shard(block)
         fully_shard(model)

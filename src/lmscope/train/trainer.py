@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lmscope.model import build_model
+from lmscope.model.layout import use_row_major
 from lmscope.train import distributed as dist_
 from lmscope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lmscope.train.log import MetricsLog, plot_losses
@@ -45,6 +46,10 @@ class TrainResult:
     best_val_loss: float | None
     interrupted: bool
     model_dir: Path | None
+    #: Where and how it ran: "cuda:0" / "cpu", "fp32" / "bf16", torch.compile or not.
+    device: str = "cpu"
+    precision: str = "fp32"
+    compiled: bool = False
 
 
 def windows_of(x: Tensor, y: Tensor) -> Tensor:
@@ -74,6 +79,8 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every process
         model = build_model(run.model_config).to(run.device)
+        if run.precision == "bf16" and run.device.type == "cpu":
+            use_row_major(model)  # autocast's bf16 copies keep strides; see model/layout.py
         self.data_gen = torch.Generator().manual_seed(self.cfg.seed)
         self.model = dist_.wrap(model, info, self.cfg.fsdp, run.device)
         if run.compile:
@@ -289,6 +296,9 @@ class Trainer:
             self.best_val,
             interrupted,
             None,
+            str(self.run.device),
+            self.run.precision,
+            self.run.compile,
         )
 
     def _log_train(self, tokens_per_s: float) -> None:

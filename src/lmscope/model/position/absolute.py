@@ -56,7 +56,9 @@ class LearnedPositionEmbedding(nn.Module):
 
     def forward(self, positions: Int[Tensor, "#batch pos"]) -> Float[Tensor, "#batch pos d_model"]:
         n = self.weight.shape[0]
-        if positions.numel() and int(positions.max()) >= n:
+        # The check reads a value back from the tensor; under torch.compile that would
+        # split the graph, so compiled code skips it (indexing still fails loudly).
+        if not torch.compiler.is_compiling() and positions.numel() and int(positions.max()) >= n:
             raise LmscopeError(
                 f"position {int(positions.max())} is beyond the {n} learned positions of "
                 f"this model (max_seq_len={n}); use a shorter input."
