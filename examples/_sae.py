@@ -286,11 +286,13 @@ def plot_feature_cards(cards: Sequence[dict[str, Any]], path: Path, n_contexts: 
         on, off = card["on"].float(), card["off"].float()
         hi = float(torch.cat([on, off]).max()) if on.numel() + off.numel() else 1.0
         bins = torch.linspace(0, max(hi, 1e-6), 30).tolist()
-        right.hist(off[off > 0].tolist(), bins=bins, alpha=0.6, density=True, label="off label")
-        right.hist(on[on > 0].tolist(), bins=bins, alpha=0.6, density=True, label="on label")
+        for values, name in ((off[off > 0], "off label"), (on[on > 0], "on label")):
+            if values.numel():  # a density of nothing is undefined
+                right.hist(values.tolist(), bins=bins, alpha=0.6, density=True, label=name)
         right.set_xlabel("activation where it fires", fontsize=8)
         right.tick_params(labelsize=7)
-        right.legend(fontsize=7)
+        if right.get_legend_handles_labels()[0]:
+            right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
