@@ -59,7 +59,6 @@ from torch import Tensor, nn
 
 from lmscope import ModelConfig, build_model
 from lmscope.model import BaseTransformer
-from lmscope.model.layout import use_row_major
 from lmscope.train.config import TrainConfig
 from lmscope.train.optim import make_optimizer
 
@@ -468,9 +467,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     if not args.no_bf16:
         bf_tok, bf_tgt = tokens[: args.bf16_batch], targets[: args.bf16_batch]
         log(f"bf16 autocast: batch {args.bf16_batch} x {args.seq}, {args.bf16_rounds} rounds")
-        # As lmscope's trainer does before CPU bf16 autocast (model/layout.py): plain
-        # row-major weights, since autocast's bf16 copies keep the fp32 weights' strides.
-        use_row_major(models["lmscope"][0])
         steps = {
             f"{i} bf16-autocast": make_step(m, c, bf_tok, bf_tgt, autocast=True)
             for i, (m, c) in models.items()

@@ -25,6 +25,7 @@ from lmscope.generate.sampling import SamplingSettings, next_tokens, seen_mask
 from lmscope.generate.steps import StepFn, decoder_steps, seq2seq_steps, sliding_steps
 from lmscope.generate.text import TextStream, TextTokenizer
 from lmscope.model.base import BaseTransformer
+from lmscope.model.layout import use_preferred_layout
 
 FinishReason = Literal["length", "eos", "stop"]
 Overflow = Literal["error", "slide"]
@@ -150,6 +151,9 @@ def generate(
     if tokenizer is not None:
         texts = [TextStream(tokenizer, [] if seq2seq else row, stops) for row in rows]
 
+    # Once per model: fp32 weights on CPU re-stored [in, out] for fast few-row products
+    # (model/layout.py). Outside inference mode, so the weights stay usable for training.
+    use_preferred_layout(model)
     with torch.inference_mode(), _eval_mode(model):
         tokens, mask = left_pad(rows, pad_id, device)
         if seq2seq:

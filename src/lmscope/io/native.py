@@ -13,7 +13,6 @@ import torch
 from lmscope.config import ModelConfig
 from lmscope.model import ARCHITECTURES
 from lmscope.model.base import BaseTransformer
-from lmscope.model.layout import use_preferred_layout
 from lmscope.serialization import check_state_dict, read_safetensors
 
 
@@ -31,7 +30,6 @@ def load_native(
         model = ARCHITECTURES[cfg.architecture](cfg)
     check_state_dict(model, tensors)
     model.load_state_dict(tensors, strict=True, assign=True)
-    use_preferred_layout(model)
     model.init_buffers()
     if dtype is not None:
         model = model.to(dtype=dtype)

@@ -19,7 +19,7 @@ from lmscope.config import ModelConfig
 from lmscope.errors import LmscopeError
 from lmscope.hooks import HookedModule, HookPoint
 from lmscope.model import stats
-from lmscope.model.layout import use_preferred_layout
+from lmscope.model.layout import undo_slow_layout
 from lmscope.model.moe import MoE
 from lmscope.serialization import write_json, write_safetensors
 
@@ -63,15 +63,12 @@ class BaseTransformer(HookedModule):
                 nn.init.normal_(p, 0.0, std / math.sqrt(n_residual_writes))
             else:
                 nn.init.normal_(p, 0.0, std)
-        # Drawn in the usual order (seeded models keep their values), then re-stored
-        # [in, out] where that makes few-row products faster (model/layout.py).
-        use_preferred_layout(self)
 
     def _apply(self, fn: Any, recurse: bool = True) -> BaseTransformer:
-        """After every ``.to()`` / ``.cuda()`` / ``.bfloat16()``: re-store projection
-        weights in the layout that is fastest for their new dtype and device."""
+        """After every ``.to()`` / ``.cuda()`` / ``.bfloat16()``: weights stored [in, out]
+        for fast fp32 CPU decoding go back to row-major where that order is slow."""
         super()._apply(fn, recurse)
-        use_preferred_layout(self)
+        undo_slow_layout(self)
         return self
 
     def init_buffers(self) -> None:

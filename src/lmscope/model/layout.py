@@ -1,4 +1,5 @@
-"""How projection weights sit in memory: ``[in, out]`` storage behind ``[out, in]`` shapes.
+"""How projection weights sit in memory: ``[in, out]`` storage behind ``[out, in]`` shapes,
+for fast float32 decoding on CPU.
 
 Every projection keeps PyTorch's ``nn.Linear`` convention, a weight of shape
 ``[d_out, d_in]`` applied as ``x @ W.T``, so names, shapes, state dicts and checkpoints
@@ -19,9 +20,16 @@ between any two BLAS paths.
 
 Only there: CPU bfloat16 products (oneDNN) are 15-20x *slower* with ``[in, out]``
 storage, and other devices gain nothing, so every other dtype and device keeps plain
-row-major ``[out, in]`` weights. `use_preferred_layout` applies the rule; models apply
-it after building, loading and every ``.to()``, and the trainer switches to row-major
-before bfloat16 autocast on CPU (autocast's casts keep the fp32 weights' strides).
+row-major ``[out, in]`` weights.
+
+When: models are built and loaded row-major, as PyTorch makes them (loading stays one
+plain copy of the file; re-storing 2 GB of weights at load cost this machine ~6 s).
+`lmscope.generate` re-stores a float32 CPU model's weights once, on its first call
+(`use_preferred_layout`; ~0.35 s for GPT-2 small, repaid after ~40 tokens), and the
+model keeps that order. A later ``.to()`` to another dtype or device goes back to
+row-major (`undo_slow_layout`). Training a model that generated before is as fast in
+fp32; for bfloat16 autocast on CPU call `use_row_major` first (autocast's bf16 copies
+keep the fp32 weights' strides). The trainer builds its models row-major.
 
 What it costs: code must not ``.view()`` a weight in a way that merges its two
 dimensions (``W.view(-1)``; use ``reshape``); splitting one (``W.view(h, d_head, d)``)
@@ -110,5 +118,14 @@ def use_preferred_layout(model: nn.Module) -> nn.Module:
             if not is_column_major(weight):
                 weight.data = column_major(weight.data)
         elif not weight.is_contiguous():
+            weight.data = weight.data.contiguous()
+    return model
+
+
+@torch.no_grad()
+def undo_slow_layout(model: nn.Module) -> nn.Module:
+    """Row-major again for any ``[in, out]``-stored weight that is no longer fp32 on CPU."""
+    for weight in projection_weights(model):
+        if not weight.is_meta and not weight.is_contiguous() and not prefers_column_major(weight):
             weight.data = weight.data.contiguous()
     return model

@@ -9,8 +9,8 @@ combination of ``d_sae`` learned directions, the rows of ``W_dec``:
 
 ``s`` is the input normalisation factor (`SAEConfig.activation_scale`, 1 when off);
 ``b_dec`` is subtracted from the input only when ``apply_b_dec_to_input``. Each variant
-(one module each) supplies the activation and its sparsity loss; the loss, decoder-norm
-helpers, folding, hooks and saving live here once.
+(one module each) supplies the activation and its sparsity loss; the loss, hooks and saving
+live here once, decoder-norm helpers and folding in `folding.py`.
 
 Hook points follow SAELens: ``hook_sae_input``, ``hook_sae_acts_pre``,
 ``hook_sae_acts_post``, ``hook_sae_recons``, ``hook_sae_error`` and ``hook_sae_output``;
@@ -29,18 +29,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from lmscope.errors import LmscopeError
 from lmscope.hooks import HookedModule, HookPoint
 from lmscope.sae.config import SAEConfig
+from lmscope.sae.errors import SAEError
+from lmscope.sae.folding import DecoderNormsAndFolding
 from lmscope.sae.outputs import LossOutput, TrainForward
 from lmscope.serialization import write_json, write_safetensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class SAEError(LmscopeError, ValueError):
-    """Input an SAE cannot take (wrong width, missing target) or an unsupported operation."""
 
 
 def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -50,7 +47,7 @@ def affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return x @ weight + bias
 
 
-class SAE(HookedModule):
+class SAE(DecoderNormsAndFolding, HookedModule):
     """Base class: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_out]``, ``b_dec``.
 
     Subclasses set `arch` and implement `activation` (pre-activations -> latents) and
@@ -321,77 +318,6 @@ class SAE(HookedModule):
             firing_counts=fwd.firing_counts,
             l0=fwd.l0,
         )
-
-    # --- decoder norms ---------------------------------------------------------------------
-    def decoder_norms(self) -> Float[Tensor, " d_sae"]:
-        """Norm of each latent's decoder row."""
-        return self.W_dec.norm(dim=1)
-
-    @torch.no_grad()
-    def normalize_decoder_(self) -> None:
-        """Rescale every decoder row to unit norm (in place)."""
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-    @torch.no_grad()
-    def remove_gradient_parallel_to_decoder_directions(self) -> None:
-        """Project out the part of each decoder row's gradient along the row.
-
-        With unit-norm rows, that component would only change the norm, which
-        `normalize_decoder_` undoes after the step; removing it first keeps Adam's
-        moment estimates about directions only (Bricken et al. 2023).
-        """
-        grad = self.W_dec.grad
-        if grad is None:
-            return
-        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        grad.sub_((grad * unit).sum(1, keepdim=True) * unit)
-
-    # --- folding ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def _scale_latents_(self, factors: Tensor) -> None:
-        """Multiply each latent's encoder side by ``factors`` and its decoder row by 1/factors."""
-        factors = factors.to(self.W_enc.dtype)
-        self.W_enc.mul_(factors)
-        self.W_dec.div_(factors[:, None])
-        self.b_enc.mul_(factors)
-
-    @torch.no_grad()
-    def fold_W_dec_norm(self) -> None:
-        """Make every decoder row unit norm without changing any output.
-
-        Latent j's activation grows by its decoder norm and its decoder row shrinks by it.
-        Refused for TopK variants, whose choice of latents would change.
-        """
-        if not self.scale_invariant_latents:
-            raise SAEError(
-                f"folding decoder norms into a {self.arch} SAE would change which latents "
-                "are selected; its decoder rows are kept at unit norm during training."
-            )
-        self._scale_latents_(self.decoder_norms().clamp_min(1e-12))
-
-    @torch.no_grad()
-    def fold_activation_norm_scaling_factor(self, scaling_factor: float | None = None) -> None:
-        """Move the input normalisation into the weights (``normalize_activations='none'``).
-
-        ``(x s - b_dec) W_enc = (x - b_dec / s)(s W_enc)``: the encoder takes s, the
-        decoder and b_dec take 1/s (the output's factor for transcoders), so latents and
-        outputs are unchanged for raw inputs. `scaling_factor` (SAELens's argument) folds
-        that factor instead of the config's, for weights trained on inputs scaled by it.
-        """
-        s_in, s_out = self.input_scale, self.output_scale
-        if scaling_factor is not None:
-            s_in = s_out = scaling_factor
-        if s_in is not None and s_out is not None:
-            self.W_enc.mul_(s_in)
-            self.W_dec.div_(s_out)
-            self.b_dec.div_(s_out)
-            self._fold_skip(s_in, s_out)
-        self.cfg = self.cfg.replace(
-            normalize_activations="none", activation_scale=None, activation_scale_out=None
-        )
-
-    def _fold_skip(self, s_in: float, s_out: float) -> None:
-        """Transcoders with a skip path fold the factors into it too."""
 
     # --- saving ----------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

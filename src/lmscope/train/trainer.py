@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from lmscope.model import build_model
-from lmscope.model.layout import use_row_major
 from lmscope.train import distributed as dist_
 from lmscope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lmscope.train.log import MetricsLog, plot_losses
@@ -79,8 +78,6 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every process
         model = build_model(run.model_config).to(run.device)
-        if run.precision == "bf16" and run.device.type == "cpu":
-            use_row_major(model)  # autocast's bf16 copies keep strides; see model/layout.py
         self.data_gen = torch.Generator().manual_seed(self.cfg.seed)
         self.model = dist_.wrap(model, info, self.cfg.fsdp, run.device)
         if run.compile:

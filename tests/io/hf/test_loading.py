@@ -19,7 +19,6 @@ from lmscope.io.hf import (
     supported_model_types,
 )
 from lmscope.io.hf.reader import CheckpointReader
-from lmscope.model.layout import is_column_major
 from tests.io.hf.cases import CASES, saved
 
 
@@ -89,9 +88,7 @@ def test_loaded_tensors_own_aligned_memory(llama_dir: Path) -> None:
     model = load_hf(llama_dir)
     for name, p in model.named_parameters():
         assert p.device.type == "cpu" and p.data_ptr() % 64 == 0, name
-        # Projection weights are stored [in, out] (model/layout.py), everything else plain.
-        assert p.is_contiguous() or is_column_major(p), name
-    assert is_column_major(model.blocks[0].attn.qkv.weight)
+        assert p.is_contiguous(), name
     assert not model.training
 
 

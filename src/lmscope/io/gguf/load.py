@@ -12,7 +12,6 @@ from lmscope.io.gguf.reader import GGUFFile, is_gguf, open_gguf
 from lmscope.io.gguf.weights import gguf_state_dict, llama_plan
 from lmscope.model import ARCHITECTURES
 from lmscope.model.base import BaseTransformer
-from lmscope.model.layout import use_preferred_layout
 from lmscope.serialization import check_state_dict
 
 
@@ -43,7 +42,6 @@ def load_gguf(
     )
     check_state_dict(model, state)
     model.load_state_dict(state, strict=True, assign=True)
-    use_preferred_layout(model)
     model.init_buffers()
     return model.eval()
 

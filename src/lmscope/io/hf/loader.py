@@ -33,7 +33,6 @@ from lmscope.io.hf.reader import CheckpointReader
 from lmscope.io.hf.rules import Rule
 from lmscope.model import ARCHITECTURES
 from lmscope.model.base import BaseTransformer
-from lmscope.model.layout import use_preferred_layout
 
 
 def read_hf_config(directory: str | Path) -> dict[str, Any]:
@@ -108,7 +107,6 @@ def load_hf(
         reader.close()
     for name, tensor in tensors.items():
         _assign(model, name, tensor)
-    use_preferred_layout(model)
     model.init_buffers()
     return model.eval()
 
