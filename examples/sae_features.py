@@ -17,7 +17,7 @@
 
 Writes docs/studies/sae_features.md, its pictures and the dashboard::
 
-    python examples/sae_features.py --threads 1   # about 20 minutes on a 2-core CPU
+    python examples/sae_features.py --threads 1   # about 16 minutes on a 2-core CPU
     python examples/sae_features.py --quick       # seconds: a tiny model, a few steps
 """
 
