@@ -16,7 +16,7 @@ from lmscope.model.layout import (
     column_major,
     is_column_major,
     projection_weights,
-    use_column_major,
+    use_preferred_layout,
     use_row_major,
 )
 from tests.conftest import small
@@ -59,7 +59,7 @@ def test_generate_restores_fp32_cpu_weights_once(preset: str) -> None:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_logits_equal_row_major_model(preset: str) -> None:
     model = lmscope.build_model(small(preset, init_std=0.2), seed=0).eval()
-    fast = use_column_major(copy.deepcopy(model))
+    fast = use_preferred_layout(copy.deepcopy(model))
     assert all(is_column_major(w) for w in projection_weights(fast))
     tokens = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_logits_equal_row_major_model(preset: str) -> None:
 
 def test_training_keeps_the_layout_and_matches_row_major() -> None:
     plain = lmscope.build_model(small("llama-tiny"), seed=0)
-    model = use_column_major(copy.deepcopy(plain))
+    model = use_preferred_layout(copy.deepcopy(plain))
     tokens = torch.randint(0, 61, (4, 16), generator=torch.Generator().manual_seed(1))
     losses = []
     for m in (model, plain):
@@ -94,7 +94,7 @@ def test_training_keeps_the_layout_and_matches_row_major() -> None:
 
 
 def test_other_dtypes_go_back_to_row_major_and_files_are_plain(tmp_path: Path) -> None:
-    model = use_column_major(lmscope.build_model(small("gpt2-small"), seed=0))
+    model = use_preferred_layout(lmscope.build_model(small("gpt2-small"), seed=0))
     # bf16 products on CPU are much slower [in, out]: a dtype change restores row-major,
     # and float32 again stays row-major until the next generate.
     half = copy.deepcopy(model).to(torch.bfloat16)

@@ -76,20 +76,6 @@ def projection_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def use_column_major(model: nn.Module) -> nn.Module:
-    """Re-store `model`'s projection weights as ``[in, out]`` in place; returns `model`.
-
-    Parameters keep their identity (optimizers and ties stay valid) and their values;
-    weights on the meta device, or already in that order, are left alone. One matrix is
-    copied at a time, so the extra memory is the largest weight.
-    """
-    for weight in projection_weights(model):
-        if weight.dim() == 2 and not weight.is_meta and not is_column_major(weight):
-            weight.data = column_major(weight.data)
-    return model
-
-
-@torch.no_grad()
 def use_row_major(model: nn.Module) -> nn.Module:
     """Make every parameter of `model` contiguous again, in place; returns `model`.
 
@@ -108,24 +94,24 @@ def prefers_column_major(t: Tensor) -> bool:
 
 
 @torch.no_grad()
-def use_preferred_layout(model: nn.Module) -> nn.Module:
-    """Store each projection weight in the order that is fastest for its dtype and
-    device (`prefers_column_major`), in place; returns `model`."""
+def undo_slow_layout(model: nn.Module) -> nn.Module:
+    """Row-major again for any ``[in, out]``-stored weight that is no longer fp32 on CPU."""
     for weight in projection_weights(model):
-        if weight.dim() != 2 or weight.is_meta:
-            continue
-        if prefers_column_major(weight):
-            if not is_column_major(weight):
-                weight.data = column_major(weight.data)
-        elif not weight.is_contiguous():
-            weight.data = weight.data.contiguous()
+        if not weight.is_meta and not prefers_column_major(weight):
+            weight.data = weight.data.contiguous()  # no copy when already contiguous
     return model
 
 
 @torch.no_grad()
-def undo_slow_layout(model: nn.Module) -> nn.Module:
-    """Row-major again for any ``[in, out]``-stored weight that is no longer fp32 on CPU."""
+def use_preferred_layout(model: nn.Module) -> nn.Module:
+    """Store each projection weight in the order that is fastest for its dtype and
+    device (`prefers_column_major`), in place; returns `model`.
+
+    Parameters keep their identity (optimizers and ties stay valid) and their values;
+    weights already in their order are not copied, and one matrix is copied at a time.
+    """
+    undo_slow_layout(model)
     for weight in projection_weights(model):
-        if not weight.is_meta and not weight.is_contiguous() and not prefers_column_major(weight):
-            weight.data = weight.data.contiguous()
+        if not weight.is_meta and prefers_column_major(weight):
+            weight.data = column_major(weight.data)  # no copy when already [in, out]
     return model

@@ -46,9 +46,9 @@ class TrainResult:
     interrupted: bool
     model_dir: Path | None
     #: Where and how it ran: "cuda:0" / "cpu", "fp32" / "bf16", torch.compile or not.
-    device: str = "cpu"
-    precision: str = "fp32"
-    compiled: bool = False
+    device: str
+    precision: str
+    compiled: bool
 
 
 def windows_of(x: Tensor, y: Tensor) -> Tensor:
