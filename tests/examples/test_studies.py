@@ -29,6 +29,16 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+def run_main(name: str, argv: list[str]) -> dict[str, Any]:
+    """Call study `name`'s ``main(argv)``; restore torch's thread count (``--threads``
+    sets it for the whole process) for the tests that follow."""
+    threads = torch.get_num_threads()
+    try:
+        return load_script(name).main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 30,000 characters of varied pseudo-text (no dependence on a shared folder)."""
@@ -61,11 +71,7 @@ def run_study(name: str, corpus: Path, out: Path, *extra: str) -> dict[str, Any]
     # process made these small steps several times slower.
     argv = ["--quick", "--data", str(corpus), "--out", str(out), "--no-progress", "--threads", "1"]
     argv += extra
-    threads = torch.get_num_threads()
-    try:
-        numbers = load_script(name).main(argv)
-    finally:
-        torch.set_num_threads(threads)  # leave the process as it was for other tests
+    numbers = run_main(name, argv)
     report = (out / f"{name}.md").read_text()
     assert f"Made by `python examples/{name}.py --quick" in report
     assert "|---|" in report and "![" in report
