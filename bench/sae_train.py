@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
 import json
-import math
 import os
 import statistics
 import sys
@@ -214,14 +212,7 @@ def quality(sae: Any, held_out: Tensor) -> dict[str, float]:
 
 def fvu_at_l0(points: list[dict[str, float]], l0: float) -> float | None:
     """FVU of a (L0, FVU) curve at `l0`, linear in log L0; None outside the curve."""
-    pts = sorted((p["l0"], p["fvu"]) for p in points if p["l0"] > 0)
-    if len(pts) == 1:
-        return pts[0][1] if math.isclose(pts[0][0], l0, rel_tol=0.05) else None
-    for (a, fa), (b, fb) in itertools.pairwise(pts):
-        if a <= l0 <= b:
-            t = (math.log(l0) - math.log(a)) / max(math.log(b) - math.log(a), 1e-12)
-            return fa + t * (fb - fa)
-    return None
+    return metrics.at_l0(((p["l0"], p["fvu"]) for p in points), l0)
 
 
 # --- the run -----------------------------------------------------------------------------

@@ -110,6 +110,16 @@ class SAE(DecoderNormsAndFolding, HookedModule):
         """Set the per-latent parameters other than W_enc / W_dec to their initial values."""
         self.b_enc[latents] = 0
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups; each ``lr_scale`` multiplies the trainer's
+        learning rate for its parameters (1 for all, unless a variant says otherwise)."""
+        return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+
+    @torch.no_grad()
+    def initialise_from_data(self, x: Float[Tensor, "n d_in"]) -> None:
+        """Set data-dependent parameters from a first batch of normalised inputs `x`
+        (after b_dec; none by default, JumpReLU's thresholds with ``jumprelu_init_l0``)."""
+
     @property
     def d_in(self) -> int:
         """Input width."""

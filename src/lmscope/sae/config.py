@@ -88,7 +88,18 @@ class SAEConfig:
         0.01, "batchtopk: EMA rate of the inference threshold (min active value per batch)."
     )
     jumprelu_init_threshold: float = _f(0.01, "jumprelu: initial threshold of every latent.")
+    jumprelu_init_l0: float | None = _f(
+        None,
+        "jumprelu: set each threshold from the first batch, at the pre-activation quantile "
+        "where the latent fires on init_l0 / d_sae of the inputs (L0 ~ init_l0 from the "
+        "first step); None: every threshold starts at jumprelu_init_threshold.",
+    )
     jumprelu_bandwidth: float = _f(0.05, "jumprelu: width epsilon of the rectangle kernel.")
+    jumprelu_threshold_lr_scale: float = _f(
+        1.0,
+        "jumprelu: the thresholds' learning rate as a multiple of the trainer's (Adam moves a "
+        "threshold by about its rate per step; thresholds are pre-activation sized, ~1-3).",
+    )
     jumprelu_sparsity_loss: SparsityLoss = _f(
         "step",
         "jumprelu: L0 estimate: step (straight-through, DeepMind), tanh (Anthropic), "
@@ -97,6 +108,17 @@ class SAEConfig:
     jumprelu_tanh_scale: float = _f(4.0, "jumprelu tanh loss: tanh(scale * act * |W_dec|).")
     l0_coefficient: float = _f(1.0, "jumprelu: weight of the L0 sparsity loss.")
     target_l0: float | None = _f(None, "jumprelu quadratic loss: the L0 it pulls towards.")
+    pre_act_loss_coefficient: float = _f(
+        0.0,
+        "jumprelu: weight of Anthropic's pre-activation loss, sum_j relu(theta_j - pre_j) * "
+        "|W_dec_j|, which pulls latents that are off towards their threshold (0: off; "
+        "Anthropic, January 2025, used 3e-6).",
+    )
+    pre_act_loss_dead_only: bool = _f(
+        True,
+        "jumprelu: the pre-activation loss covers dead latents only (SAELens), else every "
+        "latent (Anthropic).",
+    )
     # --- weights ---------------------------------------------------------------------
     normalize_decoder: bool | None = _f(
         None, "Keep decoder rows at unit norm (default: all variants but standard)."
@@ -200,9 +222,27 @@ class SAEConfig:
         require(self.aux_k_coefficient >= 0, "aux_k_coefficient", self.aux_k_coefficient, ">= 0.")
         require(self.jumprelu_bandwidth > 0, "jumprelu_bandwidth", self.jumprelu_bandwidth, "> 0.")
         require(
+            self.jumprelu_threshold_lr_scale > 0,
+            "jumprelu_threshold_lr_scale",
+            self.jumprelu_threshold_lr_scale,
+            "must be > 0.",
+        )
+        require(
             self.jumprelu_init_threshold >= 0,
             "jumprelu_init_threshold",
             self.jumprelu_init_threshold,
+            "must be >= 0.",
+        )
+        require(
+            self.jumprelu_init_l0 is None or 0 < self.jumprelu_init_l0 <= self.d_sae,
+            "jumprelu_init_l0",
+            self.jumprelu_init_l0,
+            f"must be in (0, d_sae = {self.d_sae}] (or None).",
+        )
+        require(
+            self.pre_act_loss_coefficient >= 0,
+            "pre_act_loss_coefficient",
+            self.pre_act_loss_coefficient,
             "must be >= 0.",
         )
         if self.arch == "jumprelu" and self.jumprelu_sparsity_loss == "quadratic":

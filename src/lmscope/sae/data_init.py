@@ -8,6 +8,8 @@
   is fed the batches as they are ("prescaled").
 - ``b_dec``: the geometric median of the batch (of the targets, for transcoders), a
   robust centre of the data for the decoder's bias (and the encoder's input offset).
+- Whatever else a variant sets from data (`SAE.initialise_from_data`): JumpReLU's
+  thresholds with ``jumprelu_init_l0``.
 """
 
 from __future__ import annotations
@@ -81,4 +83,5 @@ def initialise_from_batch(
         t_n = sae._training_target(x_n, None if target is None else target.to(device), prescaled)
         median = geometric_median(t_n.reshape(-1, t_n.shape[-1]).float())
         sae.b_dec.copy_(median.to(sae.b_dec.dtype))
+    sae.initialise_from_data(sae.normalize_input(x.to(sae.b_dec.device), prescaled=prescaled))
     return prescaled

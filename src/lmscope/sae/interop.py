@@ -75,6 +75,7 @@ _TRAINING_FIELDS = {
     "jumprelu_sparsity_loss_mode": "jumprelu_sparsity_loss",
     "jumprelu_tanh_scale": "jumprelu_tanh_scale",
     "target_l0": "target_l0",
+    "pre_act_loss_coefficient": "pre_act_loss_coefficient",  # SAELens: dead latents only
     "aux_loss_coefficient": "aux_k_coefficient",
     "topk_threshold_lr": "batchtopk_threshold_lr",
     "decoder_init_norm": "decoder_init_norm",

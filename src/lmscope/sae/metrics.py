@@ -11,10 +11,15 @@ means the same thing wherever it is printed.
 - Feature density: the fraction of inputs on which each latent fires. A latent is
   *dead* when it has not fired for a given number of inputs, *dense* when it fires on
   more than a given fraction of them.
+- `at_l0`: a measure at a given L0, read off a sweep (e.g. ReLU-L1's coefficients),
+  to compare variants at matched sparsity.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -45,6 +50,22 @@ def explained_variance(
 ) -> Tensor:
     """``1 - fvu``: the fraction of the target's variance the reconstruction explains."""
     return 1 - fvu(reconstruction, target)
+
+
+def at_l0(points: Iterable[tuple[float, float]], l0: float, rel_tol: float = 0.05) -> float | None:
+    """The value of a sweep's ``(L0, value)`` curve at `l0`: linear in log L0 between the two
+    points around it (sparsity sweeps are roughly geometric in L0). A point within
+    `rel_tol` of `l0` counts as a match (a one-point sweep can still be read at its own
+    L0); outside the curve, None: extrapolating a sweep would invent a measurement."""
+    pts = sorted((float(a), float(v)) for a, v in points if a > 0)
+    for a, value in pts:
+        if math.isclose(a, l0, rel_tol=rel_tol):
+            return value
+    for (a, fa), (b, fb) in itertools.pairwise(pts):
+        if a < l0 < b:
+            t = math.log(l0 / a) / math.log(b / a)
+            return fa + t * (fb - fa)
+    return None
 
 
 def firing_counts(acts: Float[Tensor, "*batch d_sae"]) -> Tensor:

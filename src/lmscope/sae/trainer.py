@@ -78,7 +78,7 @@ class _Member:
 
     def __init__(self, name: str, sae: SAE, cfg: SAETrainConfig) -> None:
         self.name, self.sae = name, sae
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.optimizer = torch.optim.Adam(sae.param_groups(), lr=cfg.lr, betas=cfg.betas)
         self.tracker = metrics.FiringTracker(sae.d_sae, sae.W_enc.device)
         self.prescaled = False  # batches come already multiplied by the scale factor
         self.last: LossOutput | None = None
@@ -191,7 +191,7 @@ class SAETrainer:
             target = None if target is None else target.to(self.device, non_blocking=True)
             rows = x.shape[0]
             for group in m.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             dead = m.tracker.dead_mask(self.cfg.dead_after_tokens)
             out = m.sae.training_loss(
                 x, target, sparsity_scale=scale, dead_mask=dead, prescaled=m.prescaled
