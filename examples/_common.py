@@ -216,6 +216,15 @@ def data_spec(data: str | None) -> str | list[Path]:
 
 def prepare_chars(data: str | None, directory: Path, max_chars: int | None = None) -> Path:
     """Tokenize `data` at character level into `directory` (only its start with `max_chars`)."""
+    sources = head_sources(data, directory, max_chars)
+    tokenizer = make_tokenizer("char", sources, 0)
+    prepare(sources, directory, tokenizer, val_fraction=0.1, overwrite=True)
+    return directory
+
+
+def head_sources(data: str | None, directory: Path, max_chars: int | None = None) -> list[Any]:
+    """`data`'s sources; with `max_chars`, only their first `max_chars` characters, written
+    to ``text.txt`` beside `directory` (which is created)."""
     sources = resolve_sources(data_spec(data))
     if max_chars is not None:
         text = []
@@ -232,9 +241,7 @@ def prepare_chars(data: str | None, directory: Path, max_chars: int | None = Non
         head = directory.parent / "text.txt"
         head.write_text("".join(text))
         sources = resolve_sources(str(head))
-    tokenizer = make_tokenizer("char", sources, 0)
-    prepare(sources, directory, tokenizer, val_fraction=0.1, overwrite=True)
-    return directory
+    return list(sources)
 
 
 # --- measurements ---------------------------------------------------------------------

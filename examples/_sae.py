@@ -16,8 +16,6 @@ module only labels text, counts and draws.
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from _common import figure, save_figure
+from lmscope.sae import metrics
 
 #: A speaker-name line: all capitals ending with '.' or ':' ("KING OF FRANCE.", the
 #: complete plays), or a capitalised name ending with ':' ("First Citizen:", tiny
@@ -35,6 +34,8 @@ from _common import figure, save_figure
 SPEAKER = re.compile(r"^(?!ACT\b|SCENE\b)(?:[A-Z][A-Z'&,\- ]*[A-Z][.:]|[A-Z][A-Za-z'\- ]{0,30}:)$")
 #: Archaic second-person pronouns (whole words, any case).
 PRONOUN = re.compile(r"\b(?:thou|thee|thy|thine|thyself)\b", re.IGNORECASE)
+#: Archaic words for a word-level model: the pronouns and the old verb forms hath / doth.
+ARCHAIC = re.compile(r"\b(?:thou|thee|thy|thine|thyself|hath|doth)\b", re.IGNORECASE)
 
 
 def _lines(text: str) -> list[tuple[int, str]]:
@@ -78,30 +79,51 @@ def pronoun_mask(text: str) -> list[bool]:
     return mask
 
 
-#: The labels the study looks for: name -> (description, per-character labeller).
-LABELS: dict[str, tuple[str, Callable[[str], list[bool]]]] = {
+def archaic_mask(text: str) -> list[bool]:
+    """Per character: the letters of an archaic word (`ARCHAIC`), all of them (a word-level
+    model reads " thou" as one token, so nothing is ambiguous yet at its first letter)."""
+    mask = [False] * len(text)
+    for match in ARCHAIC.finditer(text):
+        mask[match.start() : match.end()] = [True] * (match.end() - match.start())
+    return mask
+
+
+Labeller = Callable[[str], list[bool]]
+#: The labels of the character-level study: name -> (description, per-character labeller).
+LABELS: dict[str, tuple[str, Labeller]] = {
     "speaker": ("inside a speaker-name line (e.g. `COUNTESS.`)", speaker_mask),
     "line start": ("first character of a dialogue line", line_start_mask),
     "thou/thee/thy": ("an archaic pronoun (thou, thee, thy, thine, thyself)", pronoun_mask),
 }
+#: The labels of a study of a word-piece model (SmolLM2): the same ideas per token.
+WORD_LABELS: dict[str, tuple[str, Labeller]] = {
+    "speaker": ("a token of a speaker-name line (e.g. `COUNTESS.`)", speaker_mask),
+    "line start": ("the first token of a dialogue (verse or prose) line", line_start_mask),
+    "archaic": ("an archaic word (thou, thee, thy, thine, thyself, hath, doth)", archaic_mask),
+}
 
 
 def token_labels(
-    rows: Int[Tensor, "n ctx"], decode: Callable[[list[int]], str]
+    rows: Int[Tensor, "n ctx"],
+    decode: Callable[[list[int]], str],
+    labels: dict[str, tuple[str, Labeller]] = LABELS,
 ) -> dict[str, Bool[Tensor, "n ctx"]]:
-    """Every label of `LABELS` for each token of `rows` (a token is labelled when its
-    first character is; each row is labelled as a text of its own)."""
-    out = {name: torch.zeros(rows.shape, dtype=torch.bool) for name in LABELS}
+    """Every label of `labels` for each token of `rows`: a token is labelled when its first
+    non-blank character is (a blank token: its first character), so " thou" counts as the
+    word and a newline token does not start a line. Each row is labelled as a text of
+    its own."""
+    out = {name: torch.zeros(rows.shape, dtype=torch.bool) for name in labels}
     for r, row in enumerate(rows.tolist()):
         pieces = [decode([t]) for t in row]
         text = "".join(pieces)
-        starts, offset = [], 0
+        anchors, offset = [], 0
         for piece in pieces:
-            starts.append(offset)
+            blank = len(piece) - len(piece.lstrip())
+            anchors.append(offset + (blank if blank < len(piece) else 0))
             offset += len(piece)
-        for name, (_, labeller) in LABELS.items():
+        for name, (_, labeller) in labels.items():
             mask = labeller(text)
-            hit = [bool(p) and mask[s] for p, s in zip(pieces, starts, strict=True)]
+            hit = [bool(p) and mask[a] for p, a in zip(pieces, anchors, strict=True)]
             out[name][r] = torch.tensor(hit)
     return out
 
@@ -157,18 +179,18 @@ def best_detectors(scores: dict[str, Tensor], n: int = 3, by: str = "f1") -> lis
 
 
 def relu_interp(rows: list[dict[str, Any]], l0: float, key: str) -> float | None:
-    """ReLU-L1's `key` at L0 `l0`, linear in log L0 between the two sweep points around it."""
-    pts = sorted((r["l0"], r[key]) for r in rows if r["arch"] == "standard" and r["l0"] > 0)
-    for (a, fa), (b, fb) in itertools.pairwise(pts):
-        if a <= l0 <= b:
-            t = 0.0 if b == a else math.log(l0 / a) / math.log(b / a)
-            return fa + t * (fb - fa)
-    return None
+    """ReLU-L1's `key` at L0 `l0`, read off its sweep in log L0 (`metrics.at_l0`)."""
+    return metrics.at_l0(((r["l0"], r[key]) for r in rows if r["arch"] == "standard"), l0)
 
 
 @torch.no_grad()
 def sample_label_rates(
-    model: Any, tokenizer: Any, prompts: list[list[int]], new_tokens: int, seed: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    new_tokens: int,
+    seed: int,
+    labels: dict[str, tuple[str, Labeller]] = LABELS,
 ) -> dict[str, Any]:
     """Sample a continuation of each prompt (temperature 0.8, `seed`) and measure the labels
     on the generated characters (labelled in the context of the prompt): per label, and
@@ -181,12 +203,12 @@ def sample_label_rates(
         model, prompts, tokenizer=tokenizer, max_new_tokens=new_tokens, temperature=0.8,
         seed=seed, overflow="slide", eos_token_id=[],
     )  # fmt: skip
-    per: dict[str, list[float]] = {k: [] for k in [*LABELS, "upper"]}
+    per: dict[str, list[float]] = {k: [] for k in [*labels, "upper"]}
     texts = []
     for prompt, new in zip(prompts, result.new_tokens, strict=True):
         head, cont = tokenizer.decode(prompt), tokenizer.decode(new)
         texts.append(cont)
-        for k, (_, labeller) in LABELS.items():
+        for k, (_, labeller) in labels.items():
             mask = labeller(head + cont)[len(head) :]
             per[k].append(sum(mask) / max(len(mask), 1))
         letters = [c for c in cont if c.isalpha()]
@@ -219,6 +241,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], target_l0: float, path: Path) 
                 ax.plot(r["l0"], r[key], marker, markersize=9, label=r["label"])
         ax.axvline(target_l0, color="grey", linestyle=":", label=f"target L0 = {target_l0:g}")
         ax.set_xscale("log")
+        # A sweep spans less than a decade, where a log axis has no labelled tick: label
+        # the powers of two inside the data's range instead.
+        l0s = [r["l0"] for r in rows if r["l0"] > 0] + [target_l0]
+        ax.set_xticks([2.0**i for i in range(-2, 16) if min(l0s) / 1.5 <= 2**i <= max(l0s) * 1.5])
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("L0 (active latents per token, held-out text)")
@@ -230,15 +256,24 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], target_l0: float, path: Path) 
     save_figure(fig, path)
 
 
+def _shown(token: str) -> str:
+    """A token as drawn: newlines as ↵ and spaces as · (so blank tokens stay visible)."""
+    return token.replace("\n", "↵").replace(" ", "·")
+
+
 def _shade(ax: Any, y: float, tokens: list[str], acts: list[float], top: float) -> None:
-    """Draw one context: each character on a background as dark as its activation."""
+    """Draw one context: each token (one character wide per character, so a word-piece
+    model's tokens line up as text) on a background as dark as its activation."""
     import matplotlib.colors as mcolors
 
     cmap = mcolors.LinearSegmentedColormap.from_list("act", ["#ffffff", "#e8590c"])
-    for x, (text, act) in enumerate(zip(tokens, acts, strict=True)):
-        shown = {"\n": "↵", " ": "·"}.get(text, text)
+    x = 0.0
+    for text, act in zip(tokens, acts, strict=True):
+        shown = _shown(text)
+        width = max(len(shown), 1)
+        x += width / 2  # centre of this token's cells
         ax.text(
-            x,
+            x - 0.5,
             y,
             shown,
             family="monospace",
@@ -251,6 +286,7 @@ def _shade(ax: Any, y: float, tokens: list[str], acts: list[float], top: float) 
                 "fc": cmap(min(max(act / top, 0.0), 1.0)) if top > 0 else "white",
             },
         )
+        x += width / 2
 
 
 def plot_feature_cards(cards: Sequence[dict[str, Any]], path: Path, n_contexts: int = 5) -> None:
@@ -276,7 +312,7 @@ def plot_feature_cards(cards: Sequence[dict[str, Any]], path: Path, n_contexts: 
     for (left, right), card in zip(axes, cards, strict=True):
         contexts = card["contexts"][:n_contexts]
         top = max((max(a) for _, a in contexts), default=0.0)
-        width = max((len(t) for t, _ in contexts), default=1)
+        width = max((sum(max(len(_shown(t)), 1) for t in ts) for ts, _ in contexts), default=1)
         for i, (chars, acts) in enumerate(contexts):
             _shade(left, -i, chars, acts, top)
         left.set_xlim(-1, width)

