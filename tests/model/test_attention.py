@@ -53,6 +53,39 @@ def test_sdpa_path_equals_explicit_path(name: str) -> None:
             assert (fused - explicit).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["gpt2", "mistral-gqa-window", "alibi", "t5"])
+def test_explicit_path_gradients_equal_sdpa_gradients(name: str) -> None:
+    """The explicit path works in place on its scores: autograd must still be exact."""
+    preset, overrides = VARIANTS[name]
+    model = build_model(small(preset, **overrides)).eval()
+    tokens = torch.randint(0, 61, (2, 10))
+
+    def grads() -> list[torch.Tensor]:
+        model.zero_grad()
+        _forward(model, tokens).float().pow(2).mean().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fused = grads()
+    with model.hooks(fwd_hooks=HOOK_PATTERNS):
+        explicit = grads()
+    assert len(fused) == len(explicit) > 0
+    for a, b in zip(fused, explicit, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cached_scores_are_masked_and_scaled_and_pattern_is_their_softmax() -> None:
+    model = build_model(small("gpt2-small")).eval()
+    tokens = torch.randint(0, 61, (2, 7))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "blocks.0.attn" in n)
+    q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]
+    raw = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    scores = cache["blocks.0.attn.hook_attn_scores"]
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    torch.testing.assert_close(scores[..., causal], raw[..., causal], atol=1e-5, rtol=1e-5)
+    assert torch.isneginf(scores[..., ~causal]).all()
+    torch.testing.assert_close(cache["blocks.0.attn.hook_pattern"], scores.softmax(-1))
+
+
 def test_explicit_path_is_taken_only_when_needed() -> None:
     model = build_model(small("gpt2-small")).eval()
     attn = model.blocks[0].attn

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from lmscope.model.norm import LayerNorm, RMSNorm, make_norm
@@ -28,6 +30,36 @@ def test_layernorm_hooked_path_exposes_scale_and_matches_fused_path() -> None:
     expected_scale = (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
     torch.testing.assert_close(scales[0], expected_scale)
     assert scales[0].shape == (2, 3, 1)
+
+
+def test_layernorm_output_follows_a_hook_that_replaces_the_scale() -> None:
+    """Freezing or editing the scale (as attribution methods do) must reach the output."""
+    norm = LayerNorm(6, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 6)
+    centred = x - x.mean(-1, keepdim=True)
+    with norm.hook_scale.add_hook(lambda s, h: torch.full_like(s, 2.0)):
+        out = norm(x)
+    torch.testing.assert_close(out, centred / 2.0 * norm.weight + norm.bias)
+
+
+def test_layernorm_hooked_path_gradients_equal_the_fused_path() -> None:
+    norm = LayerNorm(6, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    grads = []
+    for hooked in (False, True):
+        x.grad = None
+        norm.zero_grad()
+        with norm.hook_scale.add_hook(lambda s, h: None) if hooked else contextlib.nullcontext():
+            norm(x).pow(2).sum().backward()
+        grads.append([x.grad.clone(), norm.weight.grad.clone(), norm.bias.grad.clone()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_rmsnorm_divides_by_root_mean_square_without_centring() -> None:

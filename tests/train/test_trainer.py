@@ -162,3 +162,25 @@ def test_run_directory_layout(corpus: Path, tmp_path: Path) -> None:
     tokenizer = load_tokenizer(result.model_dir)  # the model directory is self-contained
     assert tokenizer.decode(tokenizer.encode("summer's day")) == "summer's day"
     assert load(result.model_dir).cfg.vocab_size == tokenizer.vocab_size  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_training_keeps_freed_memory_only_while_it_runs(
+    corpus: Path, tmp_path: Path, keep: bool
+) -> None:
+    from lmscope import allocator
+
+    if not allocator.allocator_tunable():
+        pytest.skip("the allocator can only be tuned under glibc")
+    seen: list[bool] = []
+    cfg = _cfg(corpus, max_steps=2, eval_every=2, keep_freed_memory=keep)
+    train(
+        "gpt2-small",
+        cfg,
+        out=tmp_path / "run",
+        overrides=TINY,
+        show_progress=False,
+        on_step=lambda trainer: seen.append(allocator.keeping_freed_memory()),
+    )
+    assert seen == [keep, keep]
+    assert not allocator.keeping_freed_memory()

@@ -192,17 +192,21 @@ class Attention(nn.Module):
         if group > 1:  # each key/value head serves `group` consecutive query heads
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
-        scores = q @ k.transpose(-1, -2)  # [batch, head, q, k]
+        # Scores are [batch, head, q, k], the largest tensors of the forward: every
+        # step below works in place on the one fresh matmul output (safe for autograd:
+        # the matmul's backward needs q and k, not its result), so caching scores and
+        # pattern costs two such tensors per layer, not five.
+        scores = q @ k.transpose(-1, -2)
         if self.relative is not None:
             assert ctx.rel_index is not None
-            scores = scores + self.relative.score_term(q, ctx.rel_index)
-        scores = scores * self.scale
+            scores += self.relative.score_term(q, ctx.rel_index)
+        scores.mul_(self.scale)
         mask = ctx.dense_mask(q.shape[2], k.shape[2], q.device)
         if mask is not None:
             if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores.masked_fill_(~mask, float("-inf"))
             else:
-                scores = scores + mask
+                scores += mask
         scores = self.hook_attn_scores(scores)
         # Softmax in float32 whatever the dtype, as the reference implementations do.
         pattern = self.hook_pattern(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype))

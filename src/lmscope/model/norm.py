@@ -37,15 +37,17 @@ class LayerNorm(nn.Module):
         if not self.hook_scale.active:
             out = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
             return self.hook_normalized(out)
-        x = x - x.mean(-1, keepdim=True)
-        # Population variance (divide by N), as every LayerNorm implementation does.
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        out = x / scale
-        if self.weight is not None:
-            out = out * self.weight
-        if self.bias is not None:
-            out = out + self.bias
-        return self.hook_normalized(out)
+        # One pass for mean and population variance (divide by N, as every LayerNorm
+        # does); the output is then computed from the (possibly hooked) scale, so a hook
+        # that freezes or edits the scale changes the output, as in TransformerLens.
+        var, mean = torch.var_mean(x, -1, keepdim=True, correction=0)
+        scale = self.hook_scale((var + self.eps).sqrt())
+        out = (x - mean) / scale
+        if self.weight is None:
+            return self.hook_normalized(out)
+        if self.bias is None:
+            return self.hook_normalized(out * self.weight)
+        return self.hook_normalized(torch.addcmul(self.bias, out, self.weight))
 
 
 class RMSNorm(nn.Module):

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from lmscope.allocator import kept_freed_memory
 from lmscope.config import ModelConfig
 from lmscope.presets import PRESETS, preset_dict
 from lmscope.serialization import fsync_dir
@@ -66,22 +67,41 @@ def train(
     model_dict, train_dict = apply_overrides(model_dict, train_dict, list(overrides))
     train_cfg = TrainConfig.from_dict(train_dict)
 
-    info = dist_.setup(resolve_device(train_cfg, dist_.Dist()).type)
+    device = resolve_device(train_cfg, dist_.Dist())
+    info = dist_.setup(device.type)
+    keep = train_cfg.keep_freed_memory and device.type == "cpu"
     try:
-        run = prepare_run(model_dict, train_cfg, run_dir, info, resume)
-        trainer = Trainer(run, info, on_step=on_step)
-        if show_progress and info.is_main:
-            with ProgressDisplay(train_cfg.max_steps, trainer.step, console) as display:
-                trainer.progress = display
-                result = trainer.fit()
-        else:
-            result = trainer.fit()
-        if info.is_main:
-            result.model_dir = export_model(run)
-        dist_.barrier(info)
-        return result
+        with kept_freed_memory(keep):
+            return _train(
+                model_dict, train_cfg, run_dir, info, resume, show_progress, console, on_step
+            )
     finally:
         dist_.teardown(info)
+
+
+def _train(
+    model_dict: dict[str, Any],
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    info: dist_.Dist,
+    resume: bool,
+    show_progress: bool,
+    console: Console | None,
+    on_step: Callable[[Trainer], None] | None,
+) -> TrainResult:
+    """The run itself: prepare, fit (with a progress display on rank 0), export."""
+    run = prepare_run(model_dict, train_cfg, run_dir, info, resume)
+    trainer = Trainer(run, info, on_step=on_step)
+    if show_progress and info.is_main:
+        with ProgressDisplay(train_cfg.max_steps, trainer.step, console) as display:
+            trainer.progress = display
+            result = trainer.fit()
+    else:
+        result = trainer.fit()
+    if info.is_main:
+        result.model_dir = export_model(run)
+    dist_.barrier(info)
+    return result
 
 
 def _saved_run(run_dir: Path) -> dict[str, Any] | None:
