@@ -35,6 +35,12 @@ which holds a copy of the logits; "resid" is ``hook_resid_pre/mid/post`` of ever
 3. Checks: the three models' logits agree (<= 1e-3) and both caches hold the same
    tensors for shared names (<= 1e-4).
 
+``--keep-freed-memory`` times every variant with `lmscope.allocator.keep_freed_memory`
+on: the C library then reuses freed blocks instead of handing them back to the kernel
+and faulting fresh pages in on the next call (caching everything asks for ~1.9 GB of
+new memory per call at the default shape; on this project's virtual machines a fresh
+page costs ~5 us).
+
 Targets (the issue): ``lmscope cache all`` within 1.1x of ``lmscope forward``; at least
 1.2x faster than ``tl cache all``; peak no higher than TransformerLens's for the same
 names (``lmscope cache all`` vs ``tl cache same``, ``lmscope cache resid`` vs ``tl cache
@@ -312,6 +318,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; quick 3)")
     p.add_argument("--dir", type=Path, default=None, help=f"checkpoint dir (under {DEFAULT_DIR})")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peaks")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="time with lmscope.allocator.keep_freed_memory() on (every variant alike)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -354,6 +365,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         results["checks"] = check_parity(fns, tl)
     log(f"checks: {results['checks']}")
 
+    if args.keep_freed_memory:
+        # Process-wide, so every library's variants run with it; the memory children
+        # below are fresh processes with the C library's defaults.
+        from lmscope.allocator import keep_freed_memory
+
+        results["kept_freed_memory"] = keep_freed_memory()
+        log(f"timing with freed memory kept in the process: {results['kept_freed_memory']}")
     times = forward_bench.interleaved(fns, args.repeats)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     results["times_s"] = times
