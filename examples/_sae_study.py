@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,46 +50,6 @@ from lmscope.sae.pipeline import parse_width
 #: Clamp values, as multiples of the feature's largest held-out activation (0: ablated).
 CLAMPS = (0.0, 0.5, 1.0, 2.0)
 Labeller = Callable[[str], list[bool]]
-
-
-def add_sae_arguments(p: argparse.ArgumentParser, k: int, l1: str) -> None:
-    """The flags both studies take (defaults that depend on ``--quick`` are None here)."""
-    p.add_argument("--layer", type=int, default=None, help="block whose output (default middle)")
-    p.add_argument("--sae-tokens", type=int, default=None, help="cached activations")
-    p.add_argument("--sae-steps", type=int, default=None, help="SAE steps")
-    p.add_argument("--batch", type=int, default=None, help="SAE batch (activations per step)")
-    p.add_argument("--width", default=None, help="latents: e.g. 8x, or a count")
-    p.add_argument("-k", "--k", type=int, default=k, help="TopK's k, JumpReLU's target L0")
-    p.add_argument("--l1", type=float, nargs="+", default=None, help=f"ReLU L1 sweep ({l1})")
-    p.add_argument("--lr", type=float, default=None, help="SAE learning rate")
-    p.add_argument("--heldout", type=int, default=None, help="held-out windows (evaluation)")
-    p.add_argument("--feature-windows", type=int, default=None, help="held-out windows (features)")
-    p.add_argument("--samples", type=int, default=None, help="sampled continuations")
-    p.add_argument("--new-tokens", type=int, default=None, help="tokens each continuation")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0, help="seed of every run and draw")
-    p.add_argument("--runs", type=Path, default=None, help="keep model, cache, SAEs here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def fill_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]) -> None:
-    """Set every unset flag of `defaults` (name -> (quick value, full value))."""
-    for key, (quick, full) in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, quick if args.quick else full)
-
-
-@contextlib.contextmanager
-def run_dir(args: argparse.Namespace, name: str) -> Iterator[Path]:
-    """``--runs``/`name` (emptied first), or a temporary folder removed at the end."""
-    if args.runs is not None:
-        path = args.runs / name
-        shutil.rmtree(path, ignore_errors=True)  # a study always starts afresh
-        path.mkdir(parents=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
-        yield Path(tmp)
 
 
 def heldout_rows(

@@ -26,8 +26,6 @@ docs/studies/sae_features.md, its pictures and the dashboard::
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,14 +34,7 @@ import torch
 
 import _sae
 from _common import DEFAULT_OUT, console, fmt, prepare_chars, run_script
-from _interpret import InterpretStudy
-from _sae_report import write_report
-from _sae_study import (
-    add_sae_arguments,
-    fill_defaults,
-    run_analyses,
-    run_dir,
-)
+from _sae_cli import add_sae_arguments, fill_defaults, run_sae_study
 from lmscope.data import META, TokenData, default_corpus, prepare, resolve_sources
 
 NAME = "sae_features"
@@ -146,41 +137,23 @@ def open_model(args: argparse.Namespace, runs: Path) -> tuple[Any, Any, Path, st
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the study; returns its numbers (also written as a report with pictures)."""
-    args = parse_args(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    with run_dir(args, NAME) as runs:
-        start = time.perf_counter()
-        model, tok, data_dir, label = open_model(args, runs)
-        study = InterpretStudy(
-            NAME,
-            Path(__file__).name,
-            args,
-            argv,
-            model.eval(),
-            tok,
-            label,
-            time.perf_counter() - start,
-        )
-        study.started, study.timings["model"] = start, study.load_seconds
-        layer = args.layer if args.layer is not None else max(model.cfg.n_layers // 2 - 1, 0)
-        numbers = run_analyses(
-            study,
-            f"blocks.{layer}.hook_resid_post",
-            data_dir,
-            runs,
-            labels=_sae.LABELS,
-            unit="character",
-            cache_dtype=torch.float32,
-            prepend_bos=False,  # a character model has no BOS token
-            window=(40, 12),
-            prompt_tokens=64,
-        )
-        write_report(study, numbers, "Study: SAE features of a Shakespeare model", INTRO)
-    return numbers
+    return run_sae_study(
+        argv,
+        parse_args(argv),
+        name=NAME,
+        script=Path(__file__).name,
+        open_model=open_model,
+        load_timing="model",
+        default_layer=lambda n_layers: max(n_layers // 2 - 1, 0),
+        title="Study: SAE features of a Shakespeare model",
+        intro=INTRO,
+        labels=_sae.LABELS,
+        unit="character",
+        cache_dtype=torch.float32,
+        prepend_bos=False,  # a character model has no BOS token
+        window=(40, 12),
+        prompt_tokens=64,
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,6 @@ at the end, without ``--runs``); the path is printed.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,9 +38,7 @@ import torch
 
 import _sae
 from _common import DEFAULT_OUT, head_sources, run_script
-from _interpret import InterpretStudy
-from _sae_report import write_report
-from _sae_study import add_sae_arguments, fill_defaults, run_analyses, run_dir
+from _sae_cli import add_sae_arguments, fill_defaults, run_sae_study
 from lmscope.data import default_corpus, prepare
 
 NAME = "sae_smollm2"
@@ -107,34 +103,23 @@ def open_smollm2(args: argparse.Namespace, runs: Path) -> tuple[Any, Any, Path, 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the study; returns its numbers (also written as a report with pictures)."""
     args = parse_args(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    with run_dir(args, NAME) as runs:
-        start = time.perf_counter()
-        model, tok, data_dir, label = open_smollm2(args, runs)
-        study = InterpretStudy(
-            NAME, Path(__file__).name, args, argv, model.eval(), tok, label,
-            time.perf_counter() - start,
-        )  # fmt: skip
-        study.started, study.timings["model and data"] = start, study.load_seconds
-        layer = args.layer if args.layer is not None else model.cfg.n_layers // 2
-        numbers = run_analyses(
-            study,
-            f"blocks.{layer}.hook_resid_post",
-            data_dir,
-            runs,
-            labels=_sae.WORD_LABELS,
-            unit="token",
-            cache_dtype=torch.float16,  # half the disk; the SAEs train in float32
-            prepend_bos=True,
-            window=(16, 4),
-            prompt_tokens=min(24, args.context),
-        )
-        write_report(study, numbers, TITLE, INTRO)
-    return numbers
+    return run_sae_study(
+        argv,
+        args,
+        name=NAME,
+        script=Path(__file__).name,
+        open_model=open_smollm2,
+        load_timing="model and data",
+        default_layer=lambda n_layers: n_layers // 2,
+        title=TITLE,
+        intro=INTRO,
+        labels=_sae.WORD_LABELS,
+        unit="token",
+        cache_dtype=torch.float16,  # half the disk; the SAEs train in float32
+        prepend_bos=True,
+        window=(16, 4),
+        prompt_tokens=min(24, args.context),
+    )
 
 
 if __name__ == "__main__":
