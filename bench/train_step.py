@@ -32,6 +32,10 @@ step, compilation included, is reported separately; it adds ~5 minutes here, hen
 opt-in). Besides the ratio of medians, each round's paired ratio (other / lmscope, run
 back to back) is kept and its median reported: it is less sensitive to slow load drift.
 
+``--keep-freed-memory`` times every implementation with
+`lmscope.allocator.keep_freed_memory` on, as ``lmscope train`` runs on CPU: freed blocks
+are reused instead of handed back to the kernel and faulted in again on the next step.
+
 Peak memory is the high-water resident size of a fresh subprocess per implementation
 over two fp32 steps, minus its resident size after building model, optimizer and batch
 (Linux only).
@@ -58,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmscope import ModelConfig, build_model
+from lmscope.allocator import kept_freed_memory
 from lmscope.model import BaseTransformer
 from lmscope.train.config import TrainConfig
 from lmscope.train.optim import make_optimizer
@@ -292,6 +297,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=int, default=2, help="steps per memory subprocess")
     p.add_argument("--profile", action="store_true", help="profile one fp32 step of each")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="time with lmscope.allocator.keep_freed_memory() on (every implementation alike)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--memory-child", choices=IMPLS, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -533,7 +543,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         child = memory_child(args.memory_child, args.quick, args.batch, args.seq, args.memory_steps)
         print(json.dumps(child))
         return child
-    results = run(args)
+    # Process-wide, so every implementation's steps run with it, as `lmscope train` does
+    # on CPU; the memory children are fresh processes with the C library's defaults.
+    with kept_freed_memory(args.keep_freed_memory) as kept:
+        results = run(args)
+    results["kept_freed_memory"] = kept
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -71,3 +71,12 @@ def test_memory_child_reports_a_training_peak(script: ModuleType) -> None:
     assert mem["peak_rss_mb"] >= mem["base_rss_mb"] > 0
     assert 0 <= mem["training_peak_mb"] < 1024
     assert len(mem["peak_after_each_step_mb"]) == 2
+
+
+def test_freed_memory_is_kept_only_for_the_run(script: ModuleType) -> None:
+    from lmscope import allocator
+
+    args = ["--quick", "--rounds", "1", "--no-bf16", "--no-memory", "--keep-freed-memory"]
+    results = script.main(args)
+    assert results["kept_freed_memory"] == allocator.allocator_tunable()
+    assert not allocator.keeping_freed_memory()  # released when the run ends

@@ -273,3 +273,21 @@ def test_training_leaves_the_saes_in_eval_mode() -> None:
     sae: SAE = build_sae(d_in=D, d_sae=8, arch="batchtopk", k=2, seed=0)
     train_sae(sae, batches(2))
     assert not sae.training and float(sae.threshold) > 0  # BatchTopK now uses its threshold
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_training_keeps_freed_memory_only_while_it_runs(keep: bool) -> None:
+    from lmscope import allocator
+
+    if not allocator.allocator_tunable():
+        pytest.skip("the allocator can only be tuned under glibc")
+    seen: list[bool] = []
+    sae = build_sae(d_in=D, d_sae=8, seed=0)
+    train_sae(
+        sae,
+        batches(2),
+        keep_freed_memory=keep,
+        on_step=lambda trainer: seen.append(allocator.keeping_freed_memory()),
+    )
+    assert seen == [keep, keep]
+    assert not allocator.keeping_freed_memory()

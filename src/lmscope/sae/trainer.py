@@ -34,6 +34,7 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
+from lmscope.allocator import kept_freed_memory
 from lmscope.sae import metrics
 from lmscope.sae.base import SAE, LossOutput, SAEError
 from lmscope.sae.checkpoint import (
@@ -233,7 +234,8 @@ class SAETrainer:
         """Train until done, the data ends, or a stop request; returns how it ended."""
         self.view = ProgressView(self._show_progress, self.total_steps, self.step, self._console)
         window_s, window_rows = 0.0, 0
-        with self.view.context(), _graceful_interrupt(self.request_stop):
+        keep = self.cfg.keep_freed_memory and self.device.type == "cpu"
+        with self.view.context(), _graceful_interrupt(self.request_stop), kept_freed_memory(keep):
             while not self.done() and not self._stop:
                 started, tokens_before = time.perf_counter(), self.tokens
                 try:
