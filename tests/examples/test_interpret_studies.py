@@ -58,7 +58,9 @@ def test_eiffel_study_numbers_add_up(tmp_path: Path) -> None:
 
 
 def test_eiffel_study_locates_by_threshold() -> None:
-    module = load_script("eiffel_tower")
+    load_script("eiffel_tower")  # puts examples/ on sys.path
+    import _eiffel_report as module
+
     values = torch.tensor([[0.0, 0.9, 0.1, 0.0], [0.0, 0.2, 0.0, 0.8], [0.0, 0.0, 0.0, 0.95]])
     tokens = ["The", " X", " is", " of"]
     located = module.locate(values, tokens, [1, 2, 3, 4], [1, 9, 3, 4])
