@@ -4,7 +4,8 @@
 ``[n, d_in]`` tensors (``(x, target)`` pairs for a transcoder); ``train_saes({hook: sae},
 dict_batches)`` trains several in one pass over the data, each on its own hook's
 activations (``batch[sae.cfg.hook_name]``, else ``batch[name]``; transcoders also read
-``batch[sae.cfg.hook_name_out]``). The activation store yields exactly these.
+``batch[sae.cfg.hook_name_out]``; see `train_member.Member`). The activation store yields
+exactly these.
 
 Each step, for each SAE: the loss (`SAE.training_loss`) with the sparsity coefficient's
 warm-up factor and the dead-latent mask; backward; for unit-norm decoders the gradient
@@ -35,8 +36,7 @@ from rich.console import Console
 from torch import Tensor
 
 from lmscope.allocator import kept_freed_memory
-from lmscope.sae import metrics
-from lmscope.sae.base import SAE, LossOutput, SAEError
+from lmscope.sae.base import SAE, SAEError
 from lmscope.sae.checkpoint import (
     latest_training_checkpoint,
     restore_trainer,
@@ -48,6 +48,7 @@ from lmscope.sae.data_init import initialise_from_batch
 from lmscope.sae.resample import resample_dead_latents
 from lmscope.sae.train_config import SAETrainConfig, learning_rate, sparsity_scale
 from lmscope.sae.train_log import ProgressView, metrics_line, short_summary
+from lmscope.sae.train_member import Member
 from lmscope.serialization import write_safetensors
 from lmscope.train.log import MetricsLog
 from lmscope.train.trainer import _graceful_interrupt
@@ -74,48 +75,6 @@ class SAETrainResult:
         return next(iter(self.saes.values()))
 
 
-class _Member:
-    """One SAE under training, with its optimizer and firing statistics."""
-
-    def __init__(self, name: str, sae: SAE, cfg: SAETrainConfig) -> None:
-        self.name, self.sae = name, sae
-        self.optimizer = torch.optim.Adam(sae.param_groups(), lr=cfg.lr, betas=cfg.betas)
-        self.tracker = metrics.FiringTracker(sae.d_sae, sae.W_enc.device)
-        self.prescaled = False  # batches come already multiplied by the scale factor
-        self.last: LossOutput | None = None
-        self.density = self.tracker.density()  # feature density of the last logged window
-
-    def input_key(self, batch: Any) -> str:
-        """The hook this SAE reads: its config's ``hook_name`` if the batch has it."""
-        hook = self.sae.cfg.hook_name
-        return hook if isinstance(batch, Mapping) and hook in batch else (hook or self.name)
-
-    def split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        """This SAE's (input, target) in `batch`."""
-        cfg = self.sae.cfg
-        if isinstance(batch, Mapping):
-            key = self.input_key(batch)
-            if key not in batch:
-                raise SAEError(
-                    f"the batch has no activations for SAE {self.name!r} (hook "
-                    f"{cfg.hook_name!r}); it holds {', '.join(map(str, batch))}."
-                )
-            target = None
-            if cfg.is_transcoder:
-                if cfg.hook_name_out not in batch:
-                    raise SAEError(
-                        f"transcoder {self.name!r} reconstructs {cfg.hook_name_out!r}, which "
-                        f"the batch does not hold ({', '.join(map(str, batch))})."
-                    )
-                target = batch[cfg.hook_name_out]
-            return batch[key], target
-        if isinstance(batch, tuple | list):
-            if len(batch) != 2:
-                raise SAEError(f"a batch tuple must be (input, target), got {len(batch)} items.")
-            return batch[0], batch[1]
-        return batch, None
-
-
 class SAETrainer:
     """Trains `saes` (name -> SAE) on `activations`; `fit()` runs to the end."""
 
@@ -140,7 +99,7 @@ class SAETrainer:
         first = next(iter(saes.values()))
         self.device = torch.device(config.device) if config.device else first.W_enc.device
         self.members = [
-            _Member(name, sae.to(self.device).train(), config) for name, sae in saes.items()
+            Member(name, sae.to(self.device).train(), config) for name, sae in saes.items()
         ]
         self.step = self.tokens = self.batches = self.resampled = 0
         self.elapsed = 0.0
