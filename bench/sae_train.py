@@ -13,7 +13,8 @@ Same width (``d_in * expansion``), batch, learning rate and schedule (linear war
 over 5% of the steps, constant, linear decay to 0 over the last 20%), Adam (0.9,
 0.999), gradient clipping at 1, dead window ``steps // 4`` batches, AuxK coefficient
 1/32 (TopK). Each library keeps its own design choices: lmscope keeps TopK decoder rows at
-unit norm and starts b_dec at the geometric median; SAELens rescales pre-activations by
+unit norm and starts b_dec at the geometric median of the first batch
+(``--lmscope-b-dec zero`` starts it at 0 instead); SAELens rescales pre-activations by
 decoder norms and starts b_dec at 0.
 
 Variants: TopK (k = ``--k``) and ReLU-L1 (decoder-norm-weighted L1, coefficient
@@ -163,6 +164,7 @@ def lmscope_run(variant: dict[str, Any], args: argparse.Namespace, data: Iterato
         lr_decay_steps=s["decay"],
         dead_after_tokens=s["dead"] * args.batch,
         log_every=10**9,
+        geometric_median_init=args.lmscope_b_dec == "median",
     )
     return sae
 
@@ -242,7 +244,8 @@ def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]
     results: dict[str, Any] = {
         "machine": _forward_bench().machine_info(),
         "settings": {
-            k: getattr(args, k) for k in ("rows", "d_in", "expansion", "batch", "steps", "lr")
+            k: getattr(args, k)
+            for k in ("rows", "d_in", "expansion", "batch", "steps", "lr", "lmscope_b_dec")
         },
         "data": args.data or "synthetic",
         "variants": {},
@@ -308,6 +311,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--l1", type=float, nargs="+", default=[5.0])
+    p.add_argument(
+        "--lmscope-b-dec",
+        choices=("median", "zero"),
+        default="median",
+        help="lmscope's b_dec start: the geometric median (its default) or 0 (SAELens's).",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)

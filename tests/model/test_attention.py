@@ -230,3 +230,21 @@ def test_per_head_weight_views_share_storage_with_the_fused_projection() -> None
         attn.W_O[2, 1, 7] = -7.0
     assert attn.qkv.weight[32 + 8 + 5, 3] == 42.0  # key head 1, dim 5, input 3
     assert attn.out.weight[7, 2 * 8 + 1] == -7.0
+
+
+def test_scores_take_one_matmul_unless_the_mask_differs_per_row_or_head() -> None:
+    """Scale and a shared mask ride on the GEMM (baddbmm); per-row masks and relative
+    positions take the general path. Both give the same scores (see the tests above)."""
+    attn = build_model(small("gpt2-small")).blocks[0].attn
+    q, k = (
+        torch.randn(2, attn.n_heads, 5, attn.d_head),
+        torch.randn(2, attn.n_heads, 5, attn.d_head),
+    )
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    fast = attn._scores_in_one_matmul(q, k, causal)
+    assert fast is not None and torch.isneginf(fast[..., ~causal[0, 0]]).all()
+    expected = (q @ k.mT * attn.scale).masked_fill(~causal, float("-inf"))
+    torch.testing.assert_close(fast, expected)
+    no_mask = attn._scores_in_one_matmul(q, k, None)
+    torch.testing.assert_close(no_mask, q @ k.mT * attn.scale)
+    assert attn._scores_in_one_matmul(q, k, causal.expand(2, 1, 5, 5)) is None  # padding

@@ -180,6 +180,32 @@ class Attention(nn.Module):
         v = v.view(batch, n_k, self.n_kv_heads, self.d_head)
         return q, k, v
 
+    def _scores_in_one_matmul(
+        self, q: Tensor, k: Tensor, mask: Tensor | None
+    ) -> Float[Tensor, "batch head q k"] | None:
+        """``scale * q k^T + mask`` as one ``baddbmm`` (the GEMM scales and adds the mask
+        while it writes, instead of two more passes over the scores); None where that
+        does not apply: relative positions, or a mask that differs per row or head."""
+        if self.relative is not None or (
+            mask is not None and (mask.dim(), *mask.shape[:2]) != (4, 1, 1)
+        ):
+            return None
+        batch, heads, n_q, d = q.shape
+        n_k = k.shape[2]
+        if mask is None:
+            bias = q.new_zeros(1, 1, 1).expand(1, n_q, n_k)
+        elif mask.dtype == torch.bool:
+            bias = q.new_zeros(1, n_q, n_k).masked_fill_(~mask[0], float("-inf"))
+        else:
+            bias = mask[0].to(q.dtype)
+        scores = torch.baddbmm(
+            bias,
+            q.reshape(batch * heads, n_q, d),
+            k.reshape(batch * heads, n_k, d).mT,
+            alpha=self.scale,
+        )
+        return scores.view(batch, heads, n_q, n_k)
+
     def _explicit(
         self,
         q: Float[Tensor, "batch head q d_head"],
@@ -196,17 +222,19 @@ class Attention(nn.Module):
         # step below works in place on the one fresh matmul output (safe for autograd:
         # the matmul's backward needs q and k, not its result), so caching scores and
         # pattern costs two such tensors per layer, not five.
-        scores = q @ k.transpose(-1, -2)
-        if self.relative is not None:
-            assert ctx.rel_index is not None
-            scores += self.relative.score_term(q, ctx.rel_index)
-        scores.mul_(self.scale)
         mask = ctx.dense_mask(q.shape[2], k.shape[2], q.device)
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                scores.masked_fill_(~mask, float("-inf"))
-            else:
-                scores += mask
+        scores = self._scores_in_one_matmul(q, k, mask)
+        if scores is None:
+            scores = q @ k.transpose(-1, -2)
+            if self.relative is not None:
+                assert ctx.rel_index is not None
+                scores += self.relative.score_term(q, ctx.rel_index)
+            scores.mul_(self.scale)
+            if mask is not None:
+                if mask.dtype == torch.bool:
+                    scores.masked_fill_(~mask, float("-inf"))
+                else:
+                    scores += mask
         scores = self.hook_attn_scores(scores)
         # Softmax in float32 whatever the dtype, as the reference implementations do.
         pattern = self.hook_pattern(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype))
