@@ -55,7 +55,9 @@ class SAETrainConfig:
     )
     resample_every_steps: int = _f(25_000, "Steps between resamplings (with resample_dead).")
     geometric_median_init: bool = _f(
-        True, "Start b_dec at the geometric median of the first batch (else at 0)."
+        True,
+        "Start b_dec at the geometric median of the first batch (else at 0, as SAELens). "
+        "Which is better depends on the data: see BENCHMARKS.md, SAE training.",
     )
     grad_clip: float | None = _f(1.0, "Clip the gradient norm to this (None: no clipping).")
     log_every: int = _f(100, "Steps between metrics lines (and progress updates).")
