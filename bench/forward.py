@@ -34,172 +34,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from lmscope import ModelConfig, build_model
-from lmscope.model import BaseTransformer
-from lmscope.model.embedding import linear_padded_rows
+# bench/ is a folder of scripts; its private helper modules are imported from it by name.
+if (_BENCH := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.append(_BENCH)
+from _forward_models import build_pair, explicit_hooks, hf_forward, n_params, unembed_padding_check
+from _forward_timing import interleaved, machine_info, matmul_gflops
 
 #: Max abs diff allowed between the SDPA and the explicit attention paths (fp32).
 EXPLICIT_TOLERANCE = 1e-4
 #: What the issue asks of the fp32 comparison.
 TARGET_RATIO_TO_HF = 1.1
 TARGET_EXPLICIT_OVER_SDPA = 1.3
-
-#: ``--quick``: a shrunk GPT-2 (both libraries) so that a smoke test runs in seconds.
-QUICK_SHAPE = {"d_model": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 517, "max_seq_len": 64}
-
-
-# --- machine ---------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    """CPU model, vector extensions, cores, library versions and threads, as measured."""
-    model, flags = platform.processor() or "unknown", set[str]()
-    ident: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() in ("cpu family", "model") and key.strip() not in ident:
-            ident[key.strip()] = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    import transformers  # imported here: only needed for the version
-
-    return {
-        "cpu": model,
-        "cpu_family_model": f"{ident.get('cpu family', '?')}/{ident.get('model', '?')}",
-        "cores": os.cpu_count(),
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-        # Whether torch sends bf16 matmuls to oneDNN; if not, ATen's slow fallback runs.
-        "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_avg_start": os.getloadavg()[0],
-    }
-
-
-# --- timing ----------------------------------------------------------------------------
-def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, run round-robin for `repeats` rounds.
-
-    The round's first function rotates, so no variant always follows the same one
-    (allocator state and cache contents left behind by the previous call differ).
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def matmul_gflops(n: int, dtype: torch.dtype, layout: str, repeats: int) -> float:
-    """Median GFLOP/s of an n x n ``torch.mm``; `layout` 'nn', 'nt' or 'tn' says which
-    operand is a transposed view (``nt`` is ``x @ W.T``, what ``nn.Linear`` does)."""
-    gen = torch.Generator().manual_seed(1)
-    a = torch.randn(n, n, generator=gen).to(dtype)
-    b = torch.randn(n, n, generator=gen).to(dtype)
-    lhs = a.t() if layout[0] == "t" else a
-    rhs = b.t() if layout[1] == "t" else b
-    times = interleaved({"mm": lambda: torch.mm(lhs, rhs)}, repeats)["mm"]
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
-# --- models ----------------------------------------------------------------------------
-def build_pair(quick: bool, seed: int = 0) -> tuple[nn.Module, BaseTransformer]:
-    """Hugging Face GPT2LMHeadModel (SDPA) and lmscope gpt2-small, same shape, eval mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = ModelConfig.from_preset("gpt2-small")
-    if quick:
-        cfg = cfg.replace(**QUICK_SHAPE)
-    hf_cfg = GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.max_seq_len,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        attn_implementation="sdpa",
-        # GPT-2's special token id (50256) is outside a --quick vocabulary; unused here.
-        bos_token_id=min(50256, cfg.vocab_size - 1),
-        eos_token_id=min(50256, cfg.vocab_size - 1),
-    )
-    torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(hf_cfg).eval()
-    ours = build_model(cfg, seed=seed).eval()
-    return hf, ours
-
-
-def n_params(model: nn.Module) -> int:
-    """Parameters, shared (tied) tensors counted once."""
-    return sum(p.numel() for p in model.parameters())  # parameters() dedups by identity
-
-
-def hf_forward(model: nn.Module, tokens: Tensor) -> Tensor:
-    """Logits of the HF model. No KV cache: a plain forward, like ours."""
-    return model(input_ids=tokens, use_cache=False).logits
-
-
-def explicit_hooks(model: BaseTransformer) -> AbstractContextManager[object]:
-    """Context in which every layer takes the explicit (pattern-materialising) path."""
-    return model.hooks(fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda x, h: None)])
-
-
-def unembed_padding_check(d_model: int, vocab: int, n_rows: int, repeats: int) -> dict[str, float]:
-    """The vocabulary projection into a contiguous vs a row-padded output (same values).
-
-    Checks the claim behind `linear_padded_rows`: BLAS is slower when output rows are
-    an odd number of floats apart (GPT-2's 50257).
-    """
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(n_rows, d_model, generator=gen)
-    w = torch.randn(vocab, d_model, generator=gen) * 0.02
-    same = torch.equal(F.linear(x, w), linear_padded_rows(x, w, None))
-    times = interleaved(
-        {"contiguous": lambda: F.linear(x, w), "padded": lambda: linear_padded_rows(x, w, None)},
-        repeats,
-    )
-    contiguous, padded = (statistics.median(times[k]) for k in ("contiguous", "padded"))
-    return {
-        "contiguous_s": contiguous,
-        "padded_s": padded,
-        "speedup": contiguous / padded,
-        "identical": float(same),
-        "rows": n_rows,
-    }
 
 
 # --- the benchmark ---------------------------------------------------------------------

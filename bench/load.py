@@ -26,31 +26,33 @@ Usage::
 Ratios: load time HF / lmscope (> 1: lmscope faster), peak RSS / weights bytes,
 tokens/s lmscope / HF. ``--quick`` is a toy Llama and one round, for the smoke test.
 
-This file also holds what ``bench/gguf_load.py`` shares: the fresh-process measurement
-(`measure_in_child`, `alternate`) and the RSS helpers. It imports only the standard
+``bench/gguf_load.py`` reaches what it shares through this file: the fresh-process
+measurement (`measure_in_child`, `alternate`, `child_report`, ...; in
+``bench/_load_children.py``). This file and its helpers import only the standard
 library at the top, so that a child's baseline RSS is torch + its library alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# bench/ is a folder of scripts; its private helper modules are imported from it by name.
+if (_BENCH := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.append(_BENCH)
+from _load_children import alternate, child_report, first_tokens, measure_in_child, summarise_loads
+from _load_forward import forward_section, parse_shapes
+from _sibling import sibling
+
 #: The issue's goals for the safetensors load.
 TARGET_RSS_OVER_WEIGHTS = 1.3
 TARGET_LOAD_RATIO = 1.0
-#: Max abs logits diff allowed between lmscope and transformers on the same weights.
-PARITY_TOLERANCE = 1e-4
 
 #: ``LlamaConfig`` of the benchmark: ~500M parameters, grouped-query attention, untied.
 LLAMA_500M: dict[str, Any] = {
@@ -76,24 +78,13 @@ LLAMA_QUICK: dict[str, Any] = LLAMA_500M | {
 }
 DEFAULT_DIR = Path("/tmp/lmscope-bench-load")
 
-#: Environment of every child: nothing may be downloaded.
-CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+def forward_bench() -> Any:
+    """bench/forward.py (machine description, interleaved timing), imported by path."""
+    return sibling("forward")
 
 
-# --- memory ----------------------------------------------------------------------------
-def rss_bytes() -> int:
-    """The process's resident set size now (``VmRSS``), in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmRSS (not Linux?)")
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far (``ru_maxrss``, KiB on Linux), in bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
+# --- the checkpoint --------------------------------------------------------------------
 def safetensors_bytes(directory: Path) -> int:
     """Bytes of tensor data in a directory's ``*.safetensors`` files (read from headers)."""
     total = 0
@@ -115,167 +106,6 @@ def read_through(path: Path) -> None:
             pass
 
 
-# --- fresh-process measurement ---------------------------------------------------------
-#: Tokens of the first forward each child runs after loading (the model's first use).
-FIRST_FORWARD_TOKENS = 32
-
-Setup = Callable[[], tuple[Callable[[], Any], Callable[[Any], Any], dict[str, float]]]
-
-
-def child_report(setup: Setup, t_start: float) -> dict[str, Any]:
-    """In a child: import, time the loading call, then the model's first forward.
-
-    `setup` imports the libraries and returns the loading call, a function running one
-    forward of the loaded model, and a dict the loading call may fill with the seconds
-    of its phases. Memory is in bytes: the RSS before the call (the baseline), the peak
-    after it and after the first forward (``ru_maxrss``), and the RSS at both points.
-    The first forward shows what a lazy loader left for later: a model whose weights
-    are still in a memory-mapped file reads them from it there.
-    """
-    load, forward, phases = setup()
-    import_s = time.perf_counter() - t_start
-    baseline, peak_before = rss_bytes(), peak_rss_bytes()
-    start = time.perf_counter()
-    loaded = load()
-    seconds = time.perf_counter() - start
-    peak, rss_after = peak_rss_bytes(), rss_bytes()
-    start = time.perf_counter()
-    forward(loaded)
-    forward_s = time.perf_counter() - start
-    peak_forward = peak_rss_bytes()
-    return {
-        "seconds": seconds,
-        "phases_s": phases,
-        "import_s": import_s,
-        "baseline_rss": baseline,
-        "peak_rss_before": peak_before,
-        "peak_rss": peak,
-        "rss_after": rss_after,
-        "peak_over_baseline": peak - baseline,
-        "first_forward_s": forward_s,
-        "load_and_forward_s": seconds + forward_s,
-        "peak_rss_with_forward": peak_forward,
-        "rss_after_forward": rss_bytes(),
-        "peak_with_forward_over_baseline": peak_forward - baseline,
-    } | describe_loaded(loaded)
-
-
-def describe_loaded(loaded: Any) -> dict[str, Any]:
-    """Parameters, their bytes and whether all of them are real (not meta) memory."""
-    import torch
-
-    # A model, a (model, tokenizer) pair, or lmscope's LoadedModel (with .model).
-    if isinstance(loaded, torch.nn.Module):
-        model = loaded
-    else:
-        model = loaded[0] if isinstance(loaded, tuple) else loaded.model
-    params = list(model.parameters())
-    return {
-        "params": sum(p.numel() for p in params),
-        "param_bytes": sum(p.numel() * p.element_size() for p in params),
-        "all_materialised": all(p.device.type != "meta" for p in params),
-        "training": bool(model.training),
-        "dtype": str(params[0].dtype).removeprefix("torch."),
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def first_tokens(vocab_size: int) -> Any:
-    """The fixed tokens of every child's first forward, ``[1, FIRST_FORWARD_TOKENS]``."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab_size, (1, FIRST_FORWARD_TOKENS), generator=gen)
-
-
-def measure_in_child(script: Path, args: list[str], timeout: float = 900) -> dict[str, Any]:
-    """Run ``python script --child ... args`` in a fresh process; its JSON report.
-
-    The child prints its report as the last line of stdout; anything else it prints
-    (progress bars, warnings) is ignored unless it fails.
-    """
-    env = os.environ | CHILD_ENV
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"child {args} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
-            f"{proc.stderr[-4000:]}"
-        )
-    return json.loads(lines[-1])
-
-
-def alternate(
-    variants: dict[str, Callable[[], dict[str, Any]]],
-    rounds: int,
-    log: Callable[[str], None] = print,
-) -> dict[str, list[dict[str, Any]]]:
-    """Run each variant once per round, the first one rotating each round."""
-    names = list(variants)
-    reports: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            report = variants[name]()
-            reports[name].append(report)
-            log(
-                f"  round {r + 1} {name}: load {report['seconds']:.2f} s + first forward "
-                f"{report['first_forward_s']:.2f} s; RSS baseline "
-                f"{report['baseline_rss'] / 2**20:.0f} MiB, peak after load "
-                f"{report['peak_rss'] / 2**20:.0f} MiB, after forward "
-                f"{report['peak_rss_with_forward'] / 2**20:.0f} MiB"
-            )
-    return reports
-
-
-def summarise_loads(reports: list[dict[str, Any]], weight_bytes: int) -> dict[str, Any]:
-    """Medians over rounds of one variant; memory also per byte of weights."""
-
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in reports)
-
-    return {
-        "median_s": med("seconds"),
-        "times_s": [r["seconds"] for r in reports],
-        "median_import_s": med("import_s"),
-        "median_first_forward_s": med("first_forward_s"),
-        "median_load_and_forward_s": med("load_and_forward_s"),
-        "baseline_rss": med("baseline_rss"),
-        "peak_rss": med("peak_rss"),
-        "rss_after": med("rss_after"),
-        "peak_over_baseline": med("peak_over_baseline"),
-        "peak_over_baseline_per_weight_byte": med("peak_over_baseline") / weight_bytes,
-        "peak_with_forward_over_baseline": med("peak_with_forward_over_baseline"),
-        "peak_with_forward_over_baseline_per_weight_byte": med("peak_with_forward_over_baseline")
-        / weight_bytes,
-        "median_phases_s": {
-            key: statistics.median(r["phases_s"][key] for r in reports)
-            for key in reports[0]["phases_s"]
-        },
-        "params": reports[0]["params"],
-        "param_bytes": reports[0]["param_bytes"],
-        "rounds": reports,
-    }
-
-
-def forward_bench() -> Any:
-    """bench/forward.py (machine description, interleaved timing), imported by path."""
-    path = Path(__file__).resolve().parent / "forward.py"
-    spec = importlib.util.spec_from_file_location("bench_forward", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# --- the checkpoint --------------------------------------------------------------------
 def ensure_checkpoint(directory: Path, shape: dict[str, Any], log: Callable[[str], None]) -> None:
     """Write a random ``LlamaForCausalLM`` of `shape` to `directory` unless it is there."""
     config = directory / "config.json"
@@ -333,57 +163,6 @@ def child_main(kind: str, directory: Path) -> None:
 
     setup = {"lmscope": setup_lmscope, "hf": setup_hf}[kind]
     print(json.dumps(child_report(setup, t_start)))
-
-
-# --- parity and throughput -------------------------------------------------------------
-def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """``"1x256,4x128"`` -> ``[(1, 256), (4, 128)]``."""
-    shapes = []
-    for part in text.split(","):
-        batch, _, seq = part.strip().partition("x")
-        shapes.append((int(batch), int(seq)))
-    return shapes
-
-
-def forward_section(
-    directory: Path, shapes: list[tuple[int, int]], repeats: int, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Both models from `directory` in this process: logits parity, then tokens/s."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    import lmscope
-
-    fwd = forward_bench()
-    ours = lmscope.load(directory, dtype=torch.float32)
-    hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    gen = torch.Generator().manual_seed(0)
-    tokens = {
-        f"{b}x{s}": torch.randint(0, ours.cfg.vocab_size, (b, s), generator=gen) for b, s in shapes
-    }
-    out: dict[str, Any] = {"parity_max_abs_diff": {}, "variants": {}}
-    fns: dict[str, Callable[[], object]] = {}
-    with torch.inference_mode():
-        for name, tok in tokens.items():  # parity first; doubles as the warm-up
-            diff = (ours(tok) - hf(input_ids=tok, use_cache=False).logits).abs().max().item()
-            out["parity_max_abs_diff"][name] = diff
-            log(f"parity {name}: lmscope vs transformers logits max abs diff {diff:.2e}")
-            if diff > PARITY_TOLERANCE:
-                raise RuntimeError(f"logits differ by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
-            fns[f"hf {name}"] = lambda tok=tok: hf(input_ids=tok, use_cache=False).logits
-            fns[f"lmscope {name}"] = lambda tok=tok: ours(tok)
-        times = fwd.interleaved(fns, repeats, warmup=0)
-    for name, ts in times.items():
-        _, shape = name.split(" ")
-        b, s = (int(x) for x in shape.split("x"))
-        median = statistics.median(ts)
-        out["variants"][name] = {"median_s": median, "times_s": ts, "tokens_per_s": b * s / median}
-    out["ratio_lmscope_over_hf"] = {
-        shape: out["variants"][f"lmscope {shape}"]["tokens_per_s"]
-        / out["variants"][f"hf {shape}"]["tokens_per_s"]
-        for shape in tokens
-    }
-    return out
 
 
 # --- the benchmark ---------------------------------------------------------------------

@@ -50,20 +50,31 @@ resid``); ``lmscope cache one`` next to a plain forward.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
-import importlib.util
 import json
 import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
+
+# bench/ is a folder of scripts; its private helper modules are imported from it by name.
+if (_BENCH := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.append(_BENCH)
+from _run_with_cache_memory import child_main, log_memory, measure_memory, peak_memory
+from _run_with_cache_models import (
+    ensure_checkpoint,
+    load_hf_model,
+    load_lmscope,
+    load_tl,
+    make_tokens,
+    names,
+    variant_fns,
+)
+from _sibling import sibling
 
 TARGET_ALL_OVER_FORWARD = 1.1
 TARGET_SPEEDUP_OVER_TL = 1.2
@@ -86,198 +97,7 @@ TL_VARIANTS = ("tl forward", "tl cache all", "tl cache same", "tl cache resid")
 MEMORY_PAIRS = (("lmscope cache all", "tl cache same"), ("lmscope cache resid", "tl cache resid"))
 
 
-def _sibling(name: str) -> ModuleType:
-    """Another bench script, imported by path (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"bench_{name}", Path(__file__).parent / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-forward_bench, load_bench = _sibling("forward"), _sibling("load")
-
-
-# --- models ----------------------------------------------------------------------------
-def ensure_checkpoint(directory: Path, shape: dict[str, int], log: Callable[[str], None]) -> None:
-    """A random fp32 GPT-2 of `shape` in `directory` (kept while its config matches)."""
-    config_path = directory / "config.json"
-    if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if all(saved.get(k) == v for k, v in shape.items()):
-            return
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    log(f"writing a random GPT-2 ({shape}) to {directory}")
-    torch.manual_seed(0)
-    special = min(50256, shape["vocab_size"] - 1)
-    config = GPT2Config(**shape, bos_token_id=special, eos_token_id=special)
-    GPT2LMHeadModel(config).eval().save_pretrained(directory)
-
-
-def load_lmscope(directory: Path) -> Any:
-    """lmscope's model of the checkpoint (eval mode)."""
-    from lmscope.io.hf import load_hf
-
-    return load_hf(directory, dtype=torch.float32).eval()
-
-
-def load_hf_model(directory: Path) -> Any:
-    """Hugging Face's model of the checkpoint, SDPA attention, eval mode."""
-    from transformers import GPT2LMHeadModel
-
-    return GPT2LMHeadModel.from_pretrained(directory, attn_implementation="sdpa").eval()
-
-
-def load_tl(directory: Path, hf: Any | None = None) -> Any:
-    """TransformerLens's HookedTransformer with the checkpoint's weights, unprocessed."""
-    import warnings
-
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    hf = hf if hf is not None else load_hf_model(directory)
-    c = hf.config
-    cfg = HookedTransformerConfig(
-        n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions, d_head=c.n_embd // c.n_head,
-        n_heads=c.n_head, d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, act_fn="gelu_new",
-        normalization_type="LN", positional_embedding_type="standard",
-        eps=c.layer_norm_epsilon, device="cpu", default_prepend_bos=False,
-    )  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "use TransformerBridge"
-        model = HookedTransformer(cfg)
-    result = model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
-    unexpected = [k for k in result.missing_keys if not k.endswith(("mask", "IGNORE", "b_U"))]
-    if unexpected or result.unexpected_keys:
-        raise RuntimeError(f"TransformerLens weights incomplete: {result}")
-    return model.eval()
-
-
-def names(model: Any) -> dict[str, Any]:
-    """The names filters of the variants, from lmscope's model."""
-    from lmscope.cache import select_hook_points
-
-    n = model.cfg.n_layers
-    return {
-        "all": [p.name for p in select_hook_points(model, None)],
-        "one": f"blocks.{n // 2}.hook_resid_post",
-        "resid": [f"blocks.{i}.hook_resid_{s}" for i in range(n) for s in ("pre", "mid", "post")],
-    }
-
-
-def variant_fns(
-    which: Sequence[str], tokens: torch.Tensor, ours: Any, tl: Any, hf: Any, filters: dict
-) -> dict[str, Callable[[], Any]]:
-    """A no-argument callable per variant, returning what the call returns (kept alive)."""
-    table: dict[str, Callable[[], Any]] = {
-        "hf forward": lambda: hf(input_ids=tokens, use_cache=False).logits,
-        "lmscope forward": lambda: ours(tokens),
-        "lmscope cache all": lambda: ours.run_with_cache(tokens),
-        "lmscope cache one": lambda: ours.run_with_cache(tokens, names_filter=filters["one"]),
-        "lmscope cache resid": lambda: ours.run_with_cache(tokens, names_filter=filters["resid"]),
-        "tl forward": lambda: tl(tokens),
-        "tl cache all": lambda: tl.run_with_cache(tokens),
-        "tl cache same": lambda: tl.run_with_cache(tokens, names_filter=filters["all"]),
-        "tl cache resid": lambda: tl.run_with_cache(tokens, names_filter=filters["resid"]),
-    }
-
-    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def call() -> Any:
-            with torch.no_grad():
-                return fn()
-
-        return call
-
-    return {name: no_grad(table[name]) for name in which}
-
-
-def cached_bytes(result: Any) -> int:
-    """Bytes of storage held by a cache (each storage once); 0 for a plain forward."""
-    if not isinstance(result, tuple):
-        return 0
-    cache = result[1]
-    tensors = cache.cache_dict.values()
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values())
-
-
-def make_tokens(vocab: int, batch: int, seq: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (batch, seq), generator=gen)
-
-
-# --- memory (fresh processes) ----------------------------------------------------------
-def vm_hwm_bytes() -> int:
-    """Peak resident set size since the last reset (``VmHWM``), in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM (not Linux?)")
-
-
-def release_free_heap() -> None:
-    """glibc's ``malloc_trim(0)``: return free heap memory to the kernel (no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def peak_memory(fns: dict[str, Callable[[], Any]]) -> dict[str, Any]:
-    """Peak RSS each variant needs above what is resident before it, run one at a time."""
-    report: dict[str, Any] = {}
-    for name, fn in fns.items():
-        fn()  # warm-up: one-off allocations (kernels, thread pools) are not the call's
-        gc.collect()
-        # Hand the warm-up's freed heap pages back to the kernel: otherwise the measured
-        # call reuses pages that are already resident, and its peak looks smaller.
-        release_free_heap()
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        before = load_bench.rss_bytes()
-        result = fn()
-        peak = vm_hwm_bytes()
-        report[name] = {
-            "rss_before": before,
-            "peak_over_before": peak - before,
-            "cached_bytes": cached_bytes(result),
-        }
-        del result
-        gc.collect()
-    return report
-
-
-def child_main(directory: Path, batch: int, seq: int, which: list[str]) -> None:
-    """In a fresh process: load the model(s), then `peak_memory` of the variants in `which`."""
-    ours = load_lmscope(directory)
-    filters, vocab = names(ours), ours.cfg.vocab_size
-    if not any(w.startswith("lmscope") for w in which):
-        del ours  # only its hook names were needed
-        ours = None
-    tl = load_tl(directory) if any(w.startswith("tl") for w in which) else None
-    gc.collect()
-    fns = variant_fns(which, make_tokens(vocab, batch, seq), ours, tl, None, filters)
-    print(json.dumps(peak_memory(fns)))
-
-
-def measure_memory(
-    args: argparse.Namespace, which: Sequence[str], log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Each variant in its own fresh process, the variants one after another."""
-    report: dict[str, Any] = {}
-    for name in which:
-        child_args = ["--child", name, "--dir", str(args.dir)]
-        child_args += ["--batch", str(args.batch), "--seq", str(args.seq)]
-        report |= load_bench.measure_in_child(Path(__file__), child_args)
-        log_memory(name, report[name], log)
-    return report
-
-
-def log_memory(name: str, row: dict[str, Any], log: Callable[[str], None]) -> None:
-    log(
-        f"  {name}: peak {row['peak_over_before'] / 2**20:.1f} MiB above what was resident "
-        f"before (the loaded model), cache {row['cached_bytes'] / 2**20:.1f} MiB"
-    )
+forward_bench = sibling("forward")
 
 
 # --- checks ----------------------------------------------------------------------------

@@ -45,239 +45,31 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 
-from lmscope import ModelConfig, build_model
 from lmscope.allocator import kept_freed_memory
 from lmscope.model import BaseTransformer
-from lmscope.train.config import TrainConfig
-from lmscope.train.optim import make_optimizer
+
+# bench/ is a folder of scripts; its private helper modules are imported from it by name.
+if (_BENCH := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.append(_BENCH)
+from _sibling import sibling
+from _train_step_memory import measure_memory, memory_child
+from _train_step_models import build, have_litgpt, model_config, n_params
+from _train_step_steps import compile_group, fixed_batch, make_step, profile_step, timed_group
 
 #: What the issue asks of fp32 eager: other's step time / lmscope's, against both.
 TARGET_SPEEDUP = 1.0
-#: ``--quick``: the preset shrunk for a smoke test (seconds).
-QUICK_SHAPE = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 32}
 IMPLS = ("lmscope", "hf", "litgpt")
-
-#: How an implementation is called: ``call(module, tokens) -> logits [batch, pos, vocab]``;
-#: the module may be the model or its ``torch.compile`` wrapper.
-Call = Callable[[nn.Module, Tensor], Tensor]
-
-
-def _forward_bench() -> Any:
-    """bench/forward.py (machine description, interleaved timing), imported by path."""
-    path = Path(__file__).resolve().parent / "forward.py"
-    spec = importlib.util.spec_from_file_location("bench_forward", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def have_litgpt() -> bool:
-    """Whether litgpt can be imported (it is an optional benchmark dependency)."""
-    return importlib.util.find_spec("litgpt") is not None
-
-
-# --- models ----------------------------------------------------------------------------
-def model_config(quick: bool) -> ModelConfig:
-    """The shakespeare-char preset with dropout 0 (timing), shrunk with `quick`."""
-    cfg = ModelConfig.from_preset("shakespeare-char").replace(dropout=0.0)
-    return cfg.replace(**QUICK_SHAPE) if quick else cfg
-
-
-def call_module(module: nn.Module, tokens: Tensor) -> Tensor:
-    """Logits of lmscope and litgpt models: ``module(tokens)``."""
-    return module(tokens)
-
-
-def call_hf(module: nn.Module, tokens: Tensor) -> Tensor:
-    """Logits of a Hugging Face model: a plain forward, no KV cache."""
-    return module(input_ids=tokens, use_cache=False).logits
-
-
-def build_hf(cfg: ModelConfig, source: BaseTransformer) -> nn.Module:
-    """GPT2LMHeadModel of the same shape holding `source`'s weights (zero biases)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    hf_cfg = GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.max_seq_len,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        n_inner=cfg.mlp_dim,
-        activation_function="gelu",  # the preset's exact GELU (GPT-2's default is tanh)
-        layer_norm_epsilon=cfg.norm_eps,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation="sdpa",
-    )
-    model = GPT2LMHeadModel(hf_cfg)
-    ours = source.state_dict()
-    theirs = {"transformer.wte.weight": ours["embed.weight"]}
-    theirs["transformer.wpe.weight"] = ours["pos_embed.weight"]
-    theirs["transformer.ln_f.weight"] = ours["ln_final.weight"]
-    names = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out"}
-    names |= {"mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
-    for i in range(cfg.n_layers):
-        theirs[f"transformer.h.{i}.ln_1.weight"] = ours[f"blocks.{i}.ln1.weight"]
-        theirs[f"transformer.h.{i}.ln_2.weight"] = ours[f"blocks.{i}.ln2.weight"]
-        for hf_name, our_name in names.items():  # Conv1D stores [in, out]
-            theirs[f"transformer.h.{i}.{hf_name}.weight"] = ours[
-                f"blocks.{i}.{our_name}.weight"
-            ].t()
-    _copy_into(model, theirs)
-    return model
-
-
-def build_litgpt(cfg: ModelConfig, source: BaseTransformer) -> nn.Module:
-    """litgpt's GPT of the same shape (RoPE instead of learned positions), tied head."""
-    import litgpt
-
-    lit_cfg = litgpt.Config(
-        name="shakespeare-char",
-        block_size=cfg.max_seq_len,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        n_embd=cfg.d_model,
-        vocab_size=cfg.vocab_size,
-        padded_vocab_size=cfg.vocab_size,  # litgpt pads to a multiple of 512 by default
-        intermediate_size=cfg.mlp_dim,
-        bias=False,
-        parallel_residual=False,
-        rotary_percentage=1.0,
-        norm_class_name="LayerNorm",
-        norm_eps=cfg.norm_eps,
-        mlp_class_name="GptNeoxMLP",
-        gelu_approximate="none",
-    )
-    model = litgpt.GPT(lit_cfg)
-    model.lm_head.weight = model.transformer.wte.weight  # tie, as the other two
-    ours = source.state_dict()
-    theirs = {"transformer.wte.weight": ours["embed.weight"]}
-    theirs["transformer.ln_f.weight"] = ours["ln_final.weight"]
-    names = {"norm_1": "ln1", "norm_2": "ln2", "attn.qkv": "attn.qkv", "attn.proj": "attn.out"}
-    names |= {"mlp.fc": "mlp.fc_in", "mlp.proj": "mlp.fc_out"}
-    for i in range(cfg.n_layers):
-        for lit_name, our_name in names.items():  # same [Q; K; V] row layout as ours
-            theirs[f"transformer.h.{i}.{lit_name}.weight"] = ours[f"blocks.{i}.{our_name}.weight"]
-    _copy_into(model, theirs)
-    return model
-
-
-def _copy_into(model: nn.Module, weights: dict[str, Tensor]) -> None:
-    """Copy `weights` into `model`; every other parameter (biases) becomes zero."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in weights:
-                param.copy_(weights[name])
-            else:
-                param.zero_()
-
-
-def build(impl: str, cfg: ModelConfig) -> tuple[nn.Module, Call]:
-    """Model `impl` in training mode, starting from lmscope's seed-0 weights."""
-    ours = build_model(cfg, seed=0)
-    if impl == "hf":
-        return build_hf(cfg, ours).train(), call_hf
-    if impl == "litgpt":
-        return build_litgpt(cfg, ours).train(), call_module
-    return ours.train(), call_module
-
-
-def n_params(model: nn.Module) -> int:
-    """Parameters, shared (tied) tensors counted once."""
-    return sum(p.numel() for p in model.parameters())
-
-
-# --- one training step -----------------------------------------------------------------
-def make_step(
-    model: nn.Module,
-    call: Call,
-    tokens: Tensor,
-    targets: Tensor,
-    autocast: bool = False,
-    runner: nn.Module | None = None,
-) -> Callable[[], Tensor]:
-    """One optimizer step of `model` on the fixed batch; returns the loss (detached).
-
-    The forward runs through `runner` (a compiled wrapper of `model`) when given. A new
-    optimizer each time: its first step allocates AdamW's state (part of the warm-up).
-    """
-    optimizer = make_optimizer(model, TrainConfig())
-    module = model if runner is None else runner
-
-    def step() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
-            logits = call(module, tokens)
-            flat = logits.reshape(-1, logits.shape[-1]).float()
-            loss = F.cross_entropy(flat, targets.reshape(-1))
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
-
-
-def fixed_batch(batch: int, seq: int, vocab: int) -> tuple[Tensor, Tensor]:
-    """Random tokens [batch, seq] and their next-token targets (seed 0)."""
-    gen = torch.Generator().manual_seed(0)
-    window = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
-    return window[:, :-1], window[:, 1:]
-
-
-def _status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: resident now; VmHWM: its peak), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024  # the file gives kB
-    raise RuntimeError(f"{field} is not in /proc/self/status (Linux only)")
-
-
-def memory_child(impl: str, quick: bool, batch: int, seq: int, steps: int) -> dict[str, Any]:
-    """Peak RSS of `steps` fp32 steps of `impl` (run in a fresh process).
-
-    The peak (VmHWM) is reset after building model, optimizer and batch (writing 5 to
-    /proc/self/clear_refs), so import- and build-time peaks do not count; ``ru_maxrss``
-    is no use here, since a child inherits its parent's high-water mark across fork/exec.
-    """
-    cfg = model_config(quick)
-    model, call = build(impl, cfg)
-    tokens, targets = fixed_batch(batch, seq, cfg.vocab_size)
-    step = make_step(model, call, tokens, targets)
-    base = _status_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    peaks = []
-    for _ in range(steps):
-        step()
-        peaks.append(_status_mb("VmHWM"))
-    return {
-        "impl": impl,
-        "base_rss_mb": base,
-        "peak_rss_mb": peaks[-1],
-        "training_peak_mb": peaks[-1] - base,
-        "peak_after_each_step_mb": peaks,
-        "steps": steps,
-    }
 
 
 # --- the benchmark ---------------------------------------------------------------------
@@ -319,61 +111,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def timed_group(
-    fwd: Any, steps: dict[str, Callable[[], Tensor]], rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per step of each variant, round-robin after `warmup` untimed steps each."""
-    return fwd.interleaved(steps, rounds, warmup=warmup)
-
-
-def compile_group(
-    models: dict[str, tuple[nn.Module, Call]], tokens: Tensor, targets: Tensor
-) -> tuple[dict[str, Callable[[], Tensor]], dict[str, float], dict[str, str]]:
-    """``torch.compile`` every model the same way (default mode); time each first step.
-
-    Returns the compiled steps, the first-step seconds (compilation of forward and
-    backward included) and the error of any implementation that failed to compile.
-    """
-    steps, first, errors = {}, {}, {}
-    for impl, (model, call) in models.items():
-        try:
-            step = make_step(model, call, tokens, targets, runner=torch.compile(model))
-            start = time.perf_counter()
-            step()
-            first[impl] = time.perf_counter() - start
-            steps[f"{impl} compiled"] = step
-        except Exception as exc:  # report and go on: one failure must not hide the others
-            errors[impl] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-    return steps, first, errors
-
-
-def profile_step(step: Callable[[], Tensor], top: int = 15) -> tuple[str, list[dict[str, Any]]]:
-    """torch.profiler's self-CPU-time table of one step, and its top ops as data."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    averages = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    ops = [
-        {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
-        for e in averages[:top]
-    ]
-    total_ms = sum(e.self_cpu_time_total for e in averages) / 1e3
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
-    return table + f"\ntotal self CPU: {total_ms:.0f} ms", ops
-
-
-def measure_memory(impl: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run `memory_child` in a fresh interpreter (its own peak RSS) and parse its result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", impl]
-    cmd += ["--batch", str(args.batch), "--seq", str(args.seq)]
-    cmd += ["--memory-steps", str(args.memory_steps)] + (["--quick"] if args.quick else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
-    if out.returncode != 0:
-        return {"impl": impl, "error": out.stderr.strip().splitlines()[-1:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def summarise(
     times: dict[str, list[float]], tokens: dict[str, int], flops_per_token: int
 ) -> dict[str, dict[str, Any]]:
@@ -406,7 +143,7 @@ def summarise(
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole benchmark; returns every number measured."""
-    fwd = _forward_bench()
+    fwd = sibling("forward")
     machine = fwd.machine_info()
     impls = [i for i in IMPLS if i != "litgpt" or have_litgpt()]
     if have_litgpt():
