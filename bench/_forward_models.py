@@ -33,9 +33,10 @@ def build_pair(quick: bool, seed: int = 0) -> tuple[nn.Module, BaseTransformer]:
         n_layer=cfg.n_layers,
         n_head=cfg.n_heads,
         attn_implementation="sdpa",
-        # GPT-2's special token id (50256) is outside a --quick vocabulary; unused here.
-        bos_token_id=min(50256, cfg.vocab_size - 1),
-        eos_token_id=min(50256, cfg.vocab_size - 1),
+        # No special tokens: 50256 is outside a --quick vocabulary, and generation must
+        # never stop early on an end-of-text id (bench/generate.py builds its pair here).
+        bos_token_id=None,
+        eos_token_id=None,
     )
     torch.manual_seed(seed)
     hf = GPT2LMHeadModel(hf_cfg).eval()

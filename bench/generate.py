@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import statistics
@@ -48,48 +47,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmscope import ModelConfig, build_model
 from lmscope.generate import generate
 from lmscope.model import BaseTransformer
 
+# bench/ is a folder of scripts; its private helper modules are imported from it by name.
+if (_BENCH := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.append(_BENCH)
+from _forward_models import build_pair as random_pair
+from _sibling import sibling
+
 #: What the issue asks: lmscope / HF tokens/s in fp32.
 TARGET_RATIO_TO_HF = 1.2
-#: ``--quick``: a shrunk GPT-2 for smoke tests (seconds).
-QUICK_SHAPE = {"d_model": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 517, "max_seq_len": 64}
 
 
 def _forward_bench() -> Any:
     """bench/forward.py (machine description, interleaved timing), imported by path."""
-    path = Path(__file__).resolve().parent / "forward.py"
-    spec = importlib.util.spec_from_file_location("bench_forward", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return sibling("forward")
 
 
 # --- models ----------------------------------------------------------------------------
 def build_pair(quick: bool, seed: int = 0) -> tuple[nn.Module, BaseTransformer]:
     """HF GPT2LMHeadModel (SDPA) and lmscope gpt2-small with the same weights, eval mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = ModelConfig.from_preset("gpt2-small")
-    if quick:
-        cfg = cfg.replace(**QUICK_SHAPE)
-    hf_cfg = GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.max_seq_len,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        attn_implementation="sdpa",
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(hf_cfg).eval()
-    ours = build_model(cfg, seed=seed).eval()
-    ours.load_state_dict(hf_to_lmscope(hf.state_dict(), cfg.n_layers), strict=True)
+    hf, ours = random_pair(quick, seed)
+    ours.load_state_dict(hf_to_lmscope(hf.state_dict(), ours.cfg.n_layers), strict=True)
     return hf, ours
 
 
