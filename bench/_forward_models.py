@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,25 +20,34 @@ from lmscope.model.embedding import linear_padded_rows
 QUICK_SHAPE = {"d_model": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 517, "max_seq_len": 64}
 
 
-def build_pair(quick: bool, seed: int = 0) -> tuple[nn.Module, BaseTransformer]:
-    """Hugging Face GPT2LMHeadModel (SDPA) and lmscope gpt2-small, same shape, eval mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def gpt2_config(cfg: ModelConfig, **extra: Any) -> Any:
+    """A Hugging Face ``GPT2Config`` of `cfg`'s shape (SDPA attention), plus `extra`.
 
-    cfg = ModelConfig.from_preset("gpt2-small")
-    if quick:
-        cfg = cfg.replace(**QUICK_SHAPE)
-    hf_cfg = GPT2Config(
+    No special tokens: 50256 is outside a --quick vocabulary, and generation must never
+    stop early on an end-of-text id (bench/generate.py builds its pair here)."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
         vocab_size=cfg.vocab_size,
         n_positions=cfg.max_seq_len,
         n_embd=cfg.d_model,
         n_layer=cfg.n_layers,
         n_head=cfg.n_heads,
         attn_implementation="sdpa",
-        # No special tokens: 50256 is outside a --quick vocabulary, and generation must
-        # never stop early on an end-of-text id (bench/generate.py builds its pair here).
         bos_token_id=None,
         eos_token_id=None,
+        **extra,
     )
+
+
+def build_pair(quick: bool, seed: int = 0) -> tuple[nn.Module, BaseTransformer]:
+    """Hugging Face GPT2LMHeadModel (SDPA) and lmscope gpt2-small, same shape, eval mode."""
+    from transformers import GPT2LMHeadModel
+
+    cfg = ModelConfig.from_preset("gpt2-small")
+    if quick:
+        cfg = cfg.replace(**QUICK_SHAPE)
+    hf_cfg = gpt2_config(cfg)
     torch.manual_seed(seed)
     hf = GPT2LMHeadModel(hf_cfg).eval()
     ours = build_model(cfg, seed=seed).eval()

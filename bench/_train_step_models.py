@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from _forward_models import gpt2_config
 from lmscope import ModelConfig, build_model
 from lmscope.model import BaseTransformer
 
@@ -43,23 +44,16 @@ def call_hf(module: nn.Module, tokens: Tensor) -> Tensor:
 
 def build_hf(cfg: ModelConfig, source: BaseTransformer) -> nn.Module:
     """GPT2LMHeadModel of the same shape holding `source`'s weights (zero biases)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    hf_cfg = GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.max_seq_len,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
+    hf_cfg = gpt2_config(
+        cfg,
         n_inner=cfg.mlp_dim,
         activation_function="gelu",  # the preset's exact GELU (GPT-2's default is tanh)
         layer_norm_epsilon=cfg.norm_eps,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation="sdpa",
     )
     model = GPT2LMHeadModel(hf_cfg)
     ours = source.state_dict()
