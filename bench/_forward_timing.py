@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -56,24 +57,47 @@ def machine_info() -> dict[str, Any]:
 
 # --- timing ----------------------------------------------------------------------------
 def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    usage: dict[str, list[dict[str, float]]] | None = None,
+    hold_results: bool = False,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, run round-robin for `repeats` rounds.
 
     The round's first function rotates, so no variant always follows the same one
     (allocator state and cache contents left behind by the previous call differ).
+    With `usage`, each timed call's kernel seconds and minor page faults (the cost of
+    fresh memory, ``getrusage``) are appended there too, per function name; the call's
+    result is dropped inside the measured span, so freeing it counts to the call.
+    With `hold_results`, each function's result is kept until its next call, as a loop
+    that rebinds its variable (``logits, cache = f()``) keeps it: the new result is made
+    while the old one lives, and freeing the old one counts to the new call.
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    held: dict[str, object] = {}
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
-            fns[name]()
+            if hold_results:
+                held[name] = fns[name]()
+            else:
+                fns[name]()
             times[name].append(time.perf_counter() - start)
+            if usage is not None:
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                usage.setdefault(name, []).append(
+                    {
+                        "sys_s": after.ru_stime - before.ru_stime,
+                        "minor_faults": after.ru_minflt - before.ru_minflt,
+                    }
+                )
     return times
 
 

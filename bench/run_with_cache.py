@@ -22,7 +22,10 @@ which holds a copy of the logits; "resid" is ``hook_resid_pre/mid/post`` of ever
 ``tl cache all|same|resid``.
 
 1. Time: all variants warmed up, then run round-robin for ``--repeats`` rounds (the
-   first variant rotates), medians. Ratios are taken within this one run.
+   first variant rotates), medians. Ratios are taken within this one run. Each
+   variant's result (logits, cache) lives until that variant's next call, as in a loop
+   ``logits, cache = model.run_with_cache(batch)`` (``--drop-results``: dropped at
+   once). Kernel time and minor page faults per call are recorded beside the times.
 2. Peak memory: each variant (not ``hf forward``) in a *fresh* Python process, which
    loads the model, runs the variant once (warm-up), frees it and hands the freed heap
    back to the kernel (``malloc_trim``), resets the peak RSS (``/proc/self/clear_refs``),
@@ -35,11 +38,16 @@ which holds a copy of the logits; "resid" is ``hook_resid_pre/mid/post`` of ever
 3. Checks: the three models' logits agree (<= 1e-3) and both caches hold the same
    tensors for shared names (<= 1e-4).
 
-``--keep-freed-memory`` times every variant with `lmscope.allocator.keep_freed_memory`
-on: the C library then reuses freed blocks instead of handing them back to the kernel
-and faulting fresh pages in on the next call (caching everything asks for ~1.9 GB of
-new memory per call at the default shape; on this project's virtual machines a fresh
-page costs ~5 us).
+Freed memory: lmscope's ``run_with_cache`` keeps freed memory in the process while a
+CPU cache it returned lives (`lmscope.allocator.hold_freed_memory`), so that a loop's
+next call reuses the memory of the cache it replaces instead of faulting in fresh
+pages (caching everything asks for ~1.9 GB per call at the default shape; on this
+project's virtual machines a fresh page costs 5-14 us). The setting is process-wide:
+once the first ``lmscope cache`` variant has run, its held cache keeps memory for every
+variant of the round-robin, TransformerLens's and Hugging Face's included, so the
+libraries are timed under the same allocator state. ``--keep-freed-memory`` turns it on
+(`lmscope.allocator.keep_freed_memory`) before the first timed call as well; with
+``--drop-results`` and without it, every call runs with the C library's defaults.
 
 Targets (the issue): ``lmscope cache all`` within 1.1x of ``lmscope forward``; at least
 1.2x faster than ``tl cache all``; peak no higher than TransformerLens's for the same
@@ -143,6 +151,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="time with lmscope.allocator.keep_freed_memory() on (every variant alike)",
     )
+    p.add_argument(
+        "--drop-results",
+        action="store_true",
+        help="drop each call's result at once (default: keep it until that variant's next "
+        "call, as a loop rebinding `logits, cache = ...` does)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -192,10 +206,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
         results["kept_freed_memory"] = keep_freed_memory()
         log(f"timing with freed memory kept in the process: {results['kept_freed_memory']}")
-    times = forward_bench.interleaved(fns, args.repeats)
+    usage: dict[str, list[dict[str, float]]] = {}
+    hold = not args.drop_results
+    times = forward_bench.interleaved(fns, args.repeats, usage=usage, hold_results=hold)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     results["times_s"] = times
     results["median_s"] = medians
+    results["usage"] = usage
+    results["median_usage"] = {
+        name: {key: statistics.median(u[key] for u in rows) for key in rows[0]}
+        for name, rows in usage.items()
+    }
 
     memory_variants = (*LMSCOPE_VARIANTS, *TL_VARIANTS)
     if args.quick and not args.no_memory:
@@ -268,16 +289,23 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
 def markdown_table(results: dict[str, Any]) -> str:
     """Per variant: median time, ratio to lmscope's plain forward, peak and cache memory."""
     m, memory = results["median_s"], results.get("memory", {})
+    usage = results.get("median_usage", {})
     base = m["lmscope forward"]
     lines = [
-        "| variant | median s | time / lmscope forward | peak above model MiB | cached MiB |",
-        "|---|---|---|---|---|",
+        "| variant | median s | time / lmscope forward | kernel s | minor faults "
+        "| peak above model MiB | cached MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, median in m.items():
-        row = memory.get(name)
+        row, use = memory.get(name), usage.get(name)
         peak = f"{row['peak_over_before'] / 2**20:.1f}" if row else "-"
         cached = f"{row['cached_bytes'] / 2**20:.1f}" if row else "-"
-        lines.append(f"| {name} | {median:.3f} | {median / base:.2f} | {peak} | {cached} |")
+        sys_s = f"{use['sys_s']:.2f}" if use else "-"
+        faults = f"{use['minor_faults']:,.0f}" if use else "-"
+        lines.append(
+            f"| {name} | {median:.3f} | {median / base:.2f} | {sys_s} | {faults} "
+            f"| {peak} | {cached} |"
+        )
     return "\n".join(lines)
 
 

@@ -256,3 +256,35 @@ def test_cache_is_a_mapping(gpt2, tokens) -> None:
     assert isinstance(cache, ActivationCache)
     assert dict(cache) == {"hook_embed": cache["hook_embed"]}
     assert "ActivationCache(1 tensors" in repr(cache)
+
+
+# --- memory: freed memory is kept while a CPU cache lives --------------------------------
+def test_a_cpu_cache_holds_freed_memory_until_it_dies(gpt2, tokens) -> None:
+    """The hold opens with the call, stays while the cache lives, ends when it dies
+    (tensors taken out of it stay valid), and is never left open by a failed call."""
+    import gc
+
+    from lmscope import allocator
+
+    assert allocator.open_holds() == 0
+    first = gpt2.run_with_cache(tokens)[1]
+    assert allocator.open_holds() == 1
+    second = gpt2.run_with_cache(tokens)[1]
+    assert allocator.open_holds() == 2
+    assert allocator.keeping_freed_memory() == allocator.allocator_tunable()
+    pattern = first["pattern", 0]
+    del first
+    gc.collect()
+    assert allocator.open_holds() == 1 and pattern.sum().isfinite()
+    del second
+    gc.collect()
+    assert allocator.open_holds() == 0 and not allocator.keeping_freed_memory()
+
+    gpt2.run_with_cache(tokens, keep_freed_memory=False)
+    assert allocator.open_holds() == 0
+    with pytest.raises(LmscopeError, match="outside this model's vocabulary"):
+        gpt2.run_with_cache(torch.full((1, 3), 999))
+    with pytest.raises(LmscopeError, match="batch of 1"):
+        gpt2.run_with_cache(tokens, remove_batch_dim=True)
+    gc.collect()
+    assert allocator.open_holds() == 0 and not allocator.keeping_freed_memory()

@@ -17,6 +17,13 @@ price is that the process's resident size stays at its high-water mark until
 whose peak repeats every step (training, a loop of analyses) gain; a one-off call does
 not. It is process-wide, applies to allocations made while it is on, and does nothing
 (returns False) where the C library is not glibc.
+
+`hold_freed_memory` is the counted form that `run_with_cache` uses on CPU: memory is
+kept while any hold is open (a call running, or a CPU cache it returned still alive)
+and released when the last one ends. A loop that rebinds its cache
+(``logits, cache = model.run_with_cache(batch)``) keeps one cache alive across calls,
+so each call reuses the previous cache's memory, and dropping every cache hands the
+memory back. Nothing changes for a process that keeps freed memory itself.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import ctypes
 import ctypes.util
 import functools
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 # mallopt parameters (glibc's malloc.h).
@@ -41,6 +48,10 @@ _RELEASED_MMAP_THRESHOLD = 32 << 20
 _RELEASED_TRIM_THRESHOLD = 64 << 20
 
 _kept = False
+#: Open holds (`hold_freed_memory`), and whether they turned keeping on (so the last
+#: one to end turns it off again; an explicit `keep_freed_memory` is left alone).
+_holds = 0
+_kept_by_holds = False
 
 
 @functools.cache
@@ -66,6 +77,13 @@ def keeping_freed_memory() -> bool:
 
 def keep_freed_memory() -> bool:
     """From now on, keep freed memory in the process for reuse; False where unsupported."""
+    global _kept_by_holds
+    _kept_by_holds = False  # the caller owns it now: ending the holds leaves it on
+    return _keep()
+
+
+def _keep() -> bool:
+    """Set glibc's thresholds so that freed memory stays in the process."""
     global _kept
     libc = _glibc()
     if libc is None:
@@ -78,7 +96,8 @@ def keep_freed_memory() -> bool:
 
 def release_freed_memory() -> bool:
     """Go back to glibc's thresholds and hand the free part of the heap to the kernel."""
-    global _kept
+    global _kept, _kept_by_holds
+    _kept_by_holds = False
     libc = _glibc()
     if libc is None:
         return False
@@ -94,23 +113,57 @@ def kept_freed_memory(enabled: bool = True) -> Iterator[bool]:
     """`keep_freed_memory` for a block; on exit, release (unless it was already on).
 
     Yields whether memory is being kept. Nested uses and a process that called
-    `keep_freed_memory` itself are left as they were.
+    `keep_freed_memory` itself are left as they were. Memory kept only for open holds
+    (a live cache) is taken over for the block and given back to the holds after it.
     """
-    if not enabled or _kept:
+    global _kept_by_holds
+    if not enabled or (_kept and not _kept_by_holds):
         yield _kept
         return
     applied = keep_freed_memory()
     try:
         yield applied
     finally:
-        if applied:
+        if applied and _holds:
+            _kept_by_holds = True  # the last hold to end releases
+        elif applied:
             release_freed_memory()
+
+
+def hold_freed_memory() -> Callable[[], None]:
+    """Keep freed memory until the returned function is called (once; later calls do
+    nothing). Holds are counted: memory is released when the last open hold ends, unless
+    it was being kept before the first one (`keep_freed_memory`, a trainer)."""
+    global _holds, _kept_by_holds
+    if _holds == 0 and not _kept:
+        _kept_by_holds = _keep()
+    _holds += 1
+    ended = False
+
+    def end() -> None:
+        global _holds
+        nonlocal ended
+        if ended:
+            return
+        ended = True
+        _holds -= 1
+        if _holds == 0 and _kept_by_holds:
+            release_freed_memory()
+
+    return end
+
+
+def open_holds() -> int:
+    """How many `hold_freed_memory` holds are open."""
+    return _holds
 
 
 __all__ = [
     "allocator_tunable",
+    "hold_freed_memory",
     "keep_freed_memory",
     "keeping_freed_memory",
     "kept_freed_memory",
+    "open_holds",
     "release_freed_memory",
 ]

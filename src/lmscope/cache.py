@@ -16,86 +16,31 @@ What a run costs follows what it asks for:
 - without ``with_grad`` the run is under ``torch.no_grad()``: no autograd graph is built
   or kept, as TransformerLens's cache stores detached tensors;
 - ``stop_at_layer=n`` raises out of the forward pass when block ``n`` is about to run,
-  so blocks ``n`` and later are never computed.
+  so blocks ``n`` and later are never computed;
+- on the CPU, freed memory stays in the process while the call runs and while the
+  cache lives (`lmscope.allocator.hold_freed_memory`): the next call of a loop reuses
+  the memory of the cache it replaces instead of asking the kernel for fresh pages,
+  which cost more than the caching itself on virtual machines. Dropping every cache
+  hands the memory back.
+
+Hook names, their TransformerLens short forms and names filters are in
+`lmscope.hook_names` (re-exported here).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lmscope.allocator import hold_freed_memory
 from lmscope.decomposition import ResidualDecomposition
 from lmscope.errors import LmscopeError, did_you_mean
-from lmscope.hooks import HookedModule, HookError, HookHandle, HookPoint
-
-#: What `run_with_cache` accepts as `names_filter`.
-NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
-
-# TransformerLens's aliases (`utils.get_act_name`), onto lmscope's (identical) leaf names.
-_NAME_ALIASES = {
-    "attn": "pattern",
-    "attn_logits": "attn_scores",
-    "key": "k",
-    "query": "q",
-    "value": "v",
-    "mlp_pre": "pre",
-    "mlp_mid": "mid",
-    "mlp_post": "post",
-}
-_SUBLAYER_ALIASES = {
-    "a": "attn",
-    "m": "mlp",
-    "b": "",
-    "block": "",
-    "blocks": "",
-    "attention": "attn",
-}
-_ATTN_NAMES = {"k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores"}
-_MLP_NAMES = {"pre", "post", "mid", "pre_linear"}
-_NORM_NAMES = {"scale", "normalized"}
-#: Hooks that a default (``names_filter=None``) cache leaves out: per-head results are
-#: not part of the normal forward pass (attention computes them only when hooked, and
-#: ``n_heads`` times larger than the attention output), as TransformerLens leaves them
-#: out unless ``use_attn_result`` is set. Ask for them by name or predicate.
-_OPT_IN = ("hook_result",)
-
-
-def get_act_name(name: str, layer: int | str | None = None, sub: str | None = None) -> str:
-    """The full hook name for a TransformerLens-style short name.
-
-    ``get_act_name("pattern", 3) == "blocks.3.attn.hook_pattern"``,
-    ``get_act_name("resid_pre", 0) == "blocks.0.hook_resid_pre"``,
-    ``get_act_name("scale", 2, "ln1") == "blocks.2.ln1.hook_scale"``,
-    ``get_act_name("scale") == "ln_final.hook_scale"``, ``get_act_name("k6")`` (name and
-    layer run together) ``== "blocks.6.attn.hook_k"``. Full names are returned as they
-    are. Aliases: attn -> pattern, attn_logits -> attn_scores, key/query/value -> k/q/v,
-    mlp_pre/mlp_post -> pre/post. Negative layers are resolved by `ActivationCache`,
-    which knows the model's depth.
-    """
-    if ("." in name or name.startswith("hook_")) and layer is None and sub is None:
-        return name
-    run_together = re.fullmatch(r"([a-z_]+?)(\d+)([a-z]\w*)?", name)
-    if run_together is not None and layer is None:
-        name, layer_text, sub_text = run_together.groups()
-        layer, sub = int(layer_text), sub_text or sub
-    name = _NAME_ALIASES.get(name, name)
-    if name in _ATTN_NAMES:
-        sub = "attn"
-    elif name in _MLP_NAMES:
-        sub = "mlp"
-    elif sub is not None:
-        sub = _SUBLAYER_ALIASES.get(sub, sub)
-    full = f"blocks.{layer}." if layer is not None else ""
-    if sub:
-        full += f"{sub}."
-    full += f"hook_{name}"
-    if name in _NORM_NAMES and layer is None:
-        full = f"ln_final.{full}"
-    return full
+from lmscope.hook_names import NamesFilter, get_act_name, select_hook_points
+from lmscope.hooks import HookedModule, HookHandle, HookPoint
 
 
 class CacheKeyError(LmscopeError, KeyError):
@@ -220,39 +165,6 @@ class _StopForward(Exception):  # noqa: N818 (control flow, not an error)
         self.resid = resid
 
 
-def select_hook_points(model: HookedModule, names_filter: NamesFilter) -> list[HookPoint]:
-    """The hook points `names_filter` selects (None: all but the opt-in `hook_result`)."""
-    points = model.hook_points()
-    if names_filter is None:
-        # Scores/pattern cannot be hooked when the model is pinned to fused SDPA.
-        sdpa_only = getattr(getattr(model, "cfg", None), "attn_impl", None) == "sdpa"
-        skip = (*_OPT_IN, "hook_attn_scores", "hook_pattern") if sdpa_only else _OPT_IN
-        return [p for name, p in points.items() if not name.endswith(skip)]
-    if isinstance(names_filter, str):
-        return model.resolve_hooks(names_filter)
-    if callable(names_filter):
-        chosen = [p for name, p in points.items() if names_filter(name)]
-        if not chosen:
-            raise HookError(
-                "names_filter selected none of this model's hook points; see "
-                "model.hook_names() for the names."
-            )
-        return chosen
-    if isinstance(names_filter, Sequence):
-        for name in names_filter:
-            if not isinstance(name, str):
-                raise HookError(f"names_filter holds {name!r}; list hook names as strings.")
-        wanted = set(names_filter)
-        unknown = wanted - points.keys()
-        if unknown:
-            model.resolve_hooks(sorted(unknown)[0])  # raises with a did-you-mean
-        return [p for name, p in points.items() if name in wanted]
-    raise HookError(
-        f"names_filter {names_filter!r} is invalid: use None (all), a hook name, a list of "
-        "names, or a predicate on names."
-    )
-
-
 def _keep(x: Tensor, keep_graph: bool, device: str | torch.device | None) -> Tensor:
     """What the cache stores for activation (or gradient) `x`: no copy unless moved."""
     if not keep_graph and x.requires_grad:
@@ -293,6 +205,7 @@ def run_with_cache(
     with_grad: bool = False,
     bwd: bool | Callable[[Any], Tensor] = False,
     remove_batch_dim: bool = False,
+    keep_freed_memory: bool = True,
     **kwargs: Any,
 ) -> tuple[Any, ActivationCache]:
     """Run `model` once and cache the activations `names_filter` selects.
@@ -313,6 +226,7 @@ def run_with_cache(
         store[hook.name + "_grad"] = grad.clone() if _partial([grad]) else grad
 
     handles: list[HookHandle | torch.utils.hooks.RemovableHandle] = []
+    end_hold = hold_freed_memory() if keep_freed_memory and _on_cpu(model, device) else None
     try:
         for point in points:
             handles.append(point.add_hook(save, "fwd"))
@@ -329,11 +243,33 @@ def run_with_cache(
                 _compact(store)
             if callable(bwd):
                 _backward(bwd(out))
+    except BaseException:
+        if end_hold is not None:
+            end_hold()
+        raise
     finally:
         for handle in handles:
             handle.remove()
     cache = ActivationCache(store, model)
+    if end_hold is not None:
+        # The hold ends with the cache. The finalizer empties the cache's dict first, so
+        # its tensors are freed while memory is still kept and then handed back together.
+        weakref.finalize(cache, _end_with_cache, cache.cache_dict, end_hold).atexit = False
     return out, cache.remove_batch_dim() if remove_batch_dim else cache
+
+
+def _on_cpu(model: nn.Module, device: str | torch.device | None) -> bool:
+    """Whether a cache of `model` on `device` (None: where the model is) is in CPU memory."""
+    if device is not None:
+        return torch.device(device).type == "cpu"
+    param = next(model.parameters(), None)
+    return param is None or param.device.type == "cpu"
+
+
+def _end_with_cache(cache_dict: dict[str, Tensor], end_hold: Callable[[], None]) -> None:
+    """Free a dying cache's tensors, then end the memory hold it kept open."""
+    cache_dict.clear()
+    end_hold()
 
 
 def _stop_before(model: nn.Module, stop_at_layer: int) -> torch.utils.hooks.RemovableHandle:

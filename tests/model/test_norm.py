@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 
 from lmscope.model.norm import LayerNorm, RMSNorm, make_norm
@@ -16,7 +17,8 @@ def test_layernorm_matches_worked_example_e1() -> None:
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
-def test_layernorm_hooked_path_exposes_scale_and_matches_fused_path() -> None:
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+def test_layernorm_hooked_path_exposes_scale_and_matches_fused_path(grad: bool) -> None:
     norm = LayerNorm(6, eps=1e-5)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
@@ -25,22 +27,35 @@ def test_layernorm_hooked_path_exposes_scale_and_matches_fused_path() -> None:
     fused = norm(x)
     scales: list[torch.Tensor] = []
     norm.hook_scale.add_hook(lambda s, h: scales.append(s))
-    hooked = norm(x)
-    torch.testing.assert_close(hooked, fused, atol=1e-6, rtol=0)
+    with torch.set_grad_enabled(grad):
+        hooked = norm(x)
+    if grad:
+        torch.testing.assert_close(hooked, fused, atol=1e-6, rtol=0)
+    else:  # reading the scale without autograd leaves the fused kernel's output as is
+        assert torch.equal(hooked, fused)
     expected_scale = (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
     torch.testing.assert_close(scales[0], expected_scale)
     assert scales[0].shape == (2, 3, 1)
 
 
-def test_layernorm_output_follows_a_hook_that_replaces_the_scale() -> None:
-    """Freezing or editing the scale (as attribution methods do) must reach the output."""
+def _set_to_two(s: torch.Tensor, hook: object) -> None:
+    s.fill_(2.0)  # an in-place edit, returning None
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+@pytest.mark.parametrize(
+    "edit", [lambda s, h: torch.full_like(s, 2.0), _set_to_two], ids=["replaced", "in_place"]
+)
+def test_layernorm_output_follows_a_hook_that_changes_the_scale(grad: bool, edit) -> None:
+    """Freezing or editing the scale (as attribution methods do) must reach the output,
+    whether the hook returns a new scale or edits it in place, with or without autograd."""
     norm = LayerNorm(6, eps=1e-5)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-1, 1)
     x = torch.randn(2, 3, 6)
     centred = x - x.mean(-1, keepdim=True)
-    with norm.hook_scale.add_hook(lambda s, h: torch.full_like(s, 2.0)):
+    with torch.set_grad_enabled(grad), norm.hook_scale.add_hook(edit):
         out = norm(x)
     torch.testing.assert_close(out, centred / 2.0 * norm.weight + norm.bias)
 
