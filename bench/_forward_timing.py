@@ -75,11 +75,14 @@ def interleaved(
     while the old one lives, and freeing the old one counts to the new call.
     """
     names = list(fns)
+    held: dict[str, object] = {}
     for _ in range(warmup):
         for name in names:
-            fns[name]()
+            if hold_results:
+                held[name] = fns[name]()
+            else:
+                fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    held: dict[str, object] = {}
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:

@@ -57,3 +57,30 @@ def test_paths_agree_and_peaks_are_measured(results: dict) -> None:
     assert results["unembed_padding"]["identical"] == 1.0
     assert math.isfinite(results["bf16_vs_fp32_max_abs_diff"])
     assert results["machine"]["cores"] and results["machine"]["torch"]
+
+
+def test_round_robin_keeps_each_result_until_its_next_call_when_asked() -> None:
+    """`hold_results` as a loop rebinding its variable: the previous result of a variant
+    is alive during its next call (and only then freed); without it, none is kept."""
+    import weakref
+
+    interleaved = load_script().interleaved
+
+    class Result:
+        pass
+
+    for hold in (True, False):
+        alive: list[int] = []
+        refs: list[weakref.ref] = []
+
+        def call(alive: list[int] = alive, refs: list[weakref.ref] = refs) -> Result:
+            alive.append(sum(r() is not None for r in refs))
+            result = Result()
+            refs.append(weakref.ref(result))
+            return result
+
+        usage: dict[str, list[dict[str, float]]] = {}
+        times = interleaved({"a": call}, repeats=3, warmup=2, usage=usage, hold_results=hold)
+        assert len(times["a"]) == 3 and len(usage["a"]) == 3
+        assert {"sys_s", "minor_faults"} <= usage["a"][0].keys()
+        assert alive == ([0, 1, 1, 1, 1] if hold else [0, 0, 0, 0, 0])

@@ -58,6 +58,10 @@ def test_layernorm_output_follows_a_hook_that_changes_the_scale(grad: bool, edit
     with torch.set_grad_enabled(grad), norm.hook_scale.add_hook(edit):
         out = norm(x)
     torch.testing.assert_close(out, centred / 2.0 * norm.weight + norm.bias)
+    if not grad:  # inference mode has no version counters: the same must hold there
+        with torch.inference_mode(), norm.hook_scale.add_hook(edit):
+            out = norm(x)
+        torch.testing.assert_close(out, centred / 2.0 * norm.weight + norm.bias)
 
 
 def test_layernorm_hooked_path_gradients_equal_the_fused_path() -> None:

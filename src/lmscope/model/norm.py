@@ -49,9 +49,12 @@ class LayerNorm(nn.Module):
                 x, x.shape[-1:], self.weight, self.bias, self.eps
             )
             read = rstd.reciprocal().to(x.dtype)
-            version = read._version
+            # A hook may edit the scale in place and return None: keep a copy to tell
+            # ([batch, pos, 1], negligible; version counters do not exist under
+            # torch.inference_mode).
+            before = read.clone()
             scale = self.hook_scale(read)
-            if scale is read and read._version == version:
+            if scale is read and torch.equal(read, before):
                 return self.hook_normalized(fused)
         else:
             # One pass for mean and population variance (divide by N, as every
