@@ -32,7 +32,6 @@ transformers (it takes ~30 s to load this file).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -41,6 +40,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+# bench/ is a folder of scripts; its private helper modules are imported from it by name.
+if (_BENCH := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.append(_BENCH)
+from _sibling import sibling
 
 #: What the issue asks: transformers' load time / lmscope's.
 TARGET_LOAD_RATIO = 2.0
@@ -56,12 +60,7 @@ TEXT = (
 
 def load_bench() -> Any:
     """bench/load.py (fresh-process measurement, RSS helpers), imported by path."""
-    path = Path(__file__).resolve().parent / "load.py"
-    spec = importlib.util.spec_from_file_location("bench_load", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return sibling("load")
 
 
 def gguf_path() -> Path:

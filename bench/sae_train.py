@@ -36,7 +36,6 @@ mean norm sqrt(d_in).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -45,6 +44,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+# bench/ is a folder of scripts; its private helper modules are imported from it by name.
+if (_BENCH := str(Path(__file__).resolve().parent)) not in sys.path:
+    sys.path.append(_BENCH)
+from _sibling import sibling
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens's progress bar would time itself
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -64,12 +68,7 @@ HELD_OUT = 8192
 
 def _forward_bench() -> Any:
     """bench/forward.py (machine description), imported by path."""
-    path = Path(__file__).resolve().parent / "forward.py"
-    spec = importlib.util.spec_from_file_location("bench_forward", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return sibling("forward")
 
 
 # --- data ------------------------------------------------------------------------------
