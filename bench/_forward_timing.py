@@ -76,22 +76,22 @@ def interleaved(
     """
     names = list(fns)
     held: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        result = fns[name]()  # freed on return unless held
+        if hold_results:
+            held[name] = result  # ...and then the one it replaces is freed here
+
     for _ in range(warmup):
         for name in names:
-            if hold_results:
-                held[name] = fns[name]()
-            else:
-                fns[name]()
+            call(name)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
-            if hold_results:
-                held[name] = fns[name]()
-            else:
-                fns[name]()
+            call(name)
             times[name].append(time.perf_counter() - start)
             if usage is not None:
                 after = resource.getrusage(resource.RUSAGE_SELF)
